@@ -1,0 +1,59 @@
+"""tempering: post-training for language models on PyTorch Lightning.
+
+Third-party plugins import only from here::
+
+    from tempering import ChatTemplate, hookimpl
+
+    @hookimpl
+    def register_chat_templates():
+        return [ChatTemplate("mytemplate", "{% for m in messages %}...{% endfor %}")]
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from tempering.components import ChatTemplate, MaskingStrategy, Objective
+from tempering.hookspecs import hookimpl, hookspec
+
+__version__ = "0.1.0"
+
+# Heavy parts (torch, Lightning) load on first use so that plugins and the CLI start fast.
+_LAZY = {
+    "IGNORE_INDEX": "tempering.encoding",
+    "Encoded": "tempering.encoding",
+    "ConversationEncoder": "tempering.encoding",
+    "encode_conversation": "tempering.encoding",
+    "TemplateError": "tempering.templates",
+    "resolve_chat_template": "tempering.templates",
+    "BadRecordError": "tempering.messages",
+    "build_plugin_manager": "tempering.plugin_manager",
+    "build_registry": "tempering.plugin_manager",
+    "load_recipe": "tempering.recipe",
+    "Recipe": "tempering.recipe",
+    "RecipeError": "tempering.recipe",
+    "LossOutput": "tempering.losses",
+    "supervised_loss": "tempering.losses",
+    "SFTModule": "tempering.module",
+    "SFTDataModule": "tempering.datamodule",
+    "run_recipe": "tempering.training",
+}
+
+__all__ = [
+    "__version__",
+    "ChatTemplate",
+    "MaskingStrategy",
+    "Objective",
+    "hookimpl",
+    "hookspec",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tempering' has no attribute {name!r}")

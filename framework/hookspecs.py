@@ -1,0 +1,85 @@
+"""Every hook tempering calls. Plugins implement them with ``@tempering.hookimpl``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+__all__ = ["hookspec", "hookimpl"]
+
+hookspec = pluggy.HookspecMarker("tempering")
+hookimpl = pluggy.HookimplMarker("tempering")
+
+
+# ---------------------------------------------------------------------------
+# Registration hooks: each returns a list of components; recipes pick them by name.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def register_chat_templates() -> list[Any]:
+    """Return a list of :class:`tempering.ChatTemplate`.
+
+    Called once per run when the component registry is built. Not firstresult: every
+    plugin's templates are collected; a name registered twice is an error naming both plugins.
+    """
+
+
+@hookspec
+def register_masking_strategies() -> list[Any]:
+    """Return a list of :class:`tempering.MaskingStrategy`.
+
+    Called once per run when the component registry is built; results from all plugins are
+    collected; duplicate names are an error.
+    """
+
+
+@hookspec
+def register_objectives() -> list[Any]:
+    """Return a list of :class:`tempering.Objective`.
+
+    Called once per run when the component registry is built; results from all plugins are
+    collected; duplicate names are an error.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Runtime hooks
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def format_example(record: dict[str, Any], source: Any) -> list[dict[str, Any]] | None:
+    """Turn one raw data record into OpenAI-style messages.
+
+    Called by the DataModule for every record of every source before tokenization.
+
+    Args:
+        record: the raw record (already field-mapped by the source's ``fields``).
+        source: the :class:`tempering.recipe.DataSource` the record comes from (its ``format``,
+            ``path``, ``system_prompt``...).
+
+    Returns:
+        A list of ``{"role", "content"[, "train"]}`` dicts, or None to let the next plugin try.
+        firstresult: the first non-None answer wins. Raise
+        :class:`tempering.BadRecordError` for a record that cannot be converted.
+    """
+
+
+@hookspec(firstresult=True)
+def compute_loss(module: Any, batch: dict[str, Any]) -> Any:
+    """Compute the training loss of one micro-batch.
+
+    Called by the LightningModule in ``training_step`` and ``validation_step``.
+
+    Args:
+        module: the :class:`tempering.SFTModule` (gives ``model``, ``objective``, ``recipe``).
+        batch: the collated batch (``input_ids``, ``labels``, ``position_ids`` or
+            ``attention_mask``, ``num_window_tokens``...).
+
+    Returns:
+        A :class:`tempering.LossOutput` (per-token loss sum and supervised-token count), or None
+        to let the next plugin try. firstresult; wrap it with ``hookwrapper=True`` /
+        ``wrapper=True`` to add terms to another plugin's loss.
+    """

@@ -1,0 +1,133 @@
+"""Builds a fresh pluggy PluginManager per run and the component registry from it."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from tempering import hookspecs
+from tempering.components import ChatTemplate, MaskingStrategy, Objective
+
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "ENTRY_POINT_GROUP",
+    "ComponentError",
+    "Registry",
+    "build_plugin_manager",
+    "build_registry",
+    "closest",
+]
+
+ENTRY_POINT_GROUP = "tempering"
+
+# Built-ins are registered exactly as a third-party plugin would be: by module name.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "tempering.plugins.chat_templates",
+    "tempering.plugins.masking",
+    "tempering.plugins.objectives",
+    "tempering.plugins.formatting",
+    "tempering.plugins.loss",
+)
+
+# kind -> (registration hook, component class)
+_KINDS: dict[str, tuple[str, type]] = {
+    "chat_template": ("register_chat_templates", ChatTemplate),
+    "masking": ("register_masking_strategies", MaskingStrategy),
+    "objective": ("register_objectives", Objective),
+}
+
+
+class ComponentError(ValueError):
+    """A component could not be registered or found."""
+
+
+def closest(name: str, choices: Iterable[str]) -> str:
+    """Return a "did you mean" suffix for an unknown ``name`` (empty when nothing is close)."""
+    choices = sorted(choices)
+    near = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    if near:
+        return f"; did you mean {' or '.join(repr(n) for n in near)}?"
+    return f"; valid names: {', '.join(choices)}" if choices else ""
+
+
+def _import_plugin(name: str, where: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ComponentError(f"cannot import plugin module {name!r} ({where}): {exc}") from exc
+
+
+def build_plugin_manager(
+    extra_plugins: Iterable[str | Any] = (), *, entry_points: bool = True
+) -> pluggy.PluginManager:
+    """Create a fresh PluginManager: built-ins, installed entry points, then ``extra_plugins``.
+
+    Args:
+        extra_plugins: module names (as a recipe's ``plugins:`` lists them) or plugin objects.
+        entry_points: also load plugins advertised under the ``tempering`` entry-point group.
+    """
+    pm = pluggy.PluginManager("tempering")
+    pm.add_hookspecs(hookspecs)
+    for name in BUILTIN_PLUGINS:
+        pm.register(_import_plugin(name, "built-in"), name=name)
+    if entry_points:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for plugin in extra_plugins:
+        if isinstance(plugin, str):
+            if pm.has_plugin(plugin):
+                continue
+            pm.register(_import_plugin(plugin, "listed in the recipe's plugins"), name=plugin)
+        elif not pm.is_registered(plugin):
+            pm.register(plugin)
+    pm.check_pending()
+    return pm
+
+
+@dataclass
+class Registry:
+    """Registered components by kind and name, with the plugin that provided each."""
+
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    providers: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def get(self, kind: str, name: str) -> Any:
+        """Return the component ``name`` of ``kind`` or raise a ComponentError with suggestions."""
+        found = self.components.get(kind, {})
+        if name not in found:
+            raise ComponentError(f"unknown {kind} {name!r}{closest(name, found)}")
+        return found[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components.get(kind, {}))
+
+
+def build_registry(pm: pluggy.PluginManager) -> Registry:
+    """Call every registration hook and index the components; duplicates name both plugins."""
+    registry = Registry()
+    for kind, (hook_name, cls) in _KINDS.items():
+        found: dict[str, Any] = {}
+        providers: dict[str, str] = {}
+        hook = getattr(pm.hook, hook_name)
+        for impl in hook.get_hookimpls():  # registration order: built-ins first
+            plugin_name = impl.plugin_name
+            for component in impl.function() or []:
+                if not isinstance(component, cls):
+                    raise ComponentError(
+                        f"plugin {plugin_name!r} returned {type(component).__name__} from "
+                        f"{hook_name}; expected {cls.__name__}"
+                    )
+                if component.name in found:
+                    raise ComponentError(
+                        f"{kind} {component.name!r} is registered twice: by plugin "
+                        f"{providers[component.name]!r} and by plugin {plugin_name!r}"
+                    )
+                found[component.name] = component
+                providers[component.name] = plugin_name
+        registry.components[kind] = found
+        registry.providers[kind] = providers
+    return registry

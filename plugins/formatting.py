@@ -1,0 +1,15 @@
+"""Built-in ``format_example``: alpaca, prompt/completion, OpenAI messages and ShareGPT records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tempering import hookimpl
+from tempering.messages import to_messages
+
+__all__ = ["format_example"]
+
+
+@hookimpl(trylast=True)
+def format_example(record: dict[str, Any], source: Any) -> list[dict[str, Any]]:
+    return to_messages(record, source.format, system_prompt=source.system_prompt)
