@@ -7,7 +7,7 @@ from typing import Any
 
 from tempering import MaskingStrategy, hookimpl
 
-__all__ = ["all_assistant", "last_assistant", "per_message"]
+__all__ = ["all_assistant", "last_assistant", "per_message", "every_token"]
 
 
 def all_assistant(messages: Sequence[dict[str, Any]]) -> list[bool]:
@@ -27,7 +27,16 @@ def last_assistant(messages: Sequence[dict[str, Any]]) -> list[bool]:
 
 def per_message(messages: Sequence[dict[str, Any]]) -> list[bool]:
     """Each message's own ``train`` flag; an assistant message without one is trained."""
-    return [bool(m.get("train", m.get("role") == "assistant")) for m in messages]
+    flags = []
+    for m in messages:
+        flag = m.get("train")  # None (absent, or a null column in a dataset) = default
+        flags.append(m.get("role") == "assistant" if flag is None else bool(flag))
+    return flags
+
+
+def every_token(messages: Sequence[dict[str, Any]]) -> list[bool]:
+    """Every message (used with ``all_tokens=True``: the whole sequence is trained)."""
+    return [True] * len(messages)
 
 
 @hookimpl
@@ -37,6 +46,6 @@ def register_masking_strategies() -> list[MaskingStrategy]:
         MaskingStrategy("last_assistant", last_assistant, description="the last assistant turn"),
         MaskingStrategy("per_message", per_message,
                         description="each message's train flag (assistant default: trained)"),
-        MaskingStrategy("all", lambda messages: [True] * len(messages), all_tokens=True,
+        MaskingStrategy("all", every_token, all_tokens=True,
                         description="every token, prompts and markup included"),
     ]

@@ -1,0 +1,199 @@
+"""``tempering run | plugins | check-template | preview | recipes``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+__all__ = ["main"]
+
+_SAMPLES = [
+    [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}],
+    [{"role": "system", "content": "You are terse."},
+     {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": " Hello, how can I help?\n"},
+     {"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "1, 2, 3"},
+     {"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "You're welcome."}],
+]
+
+
+def _highlight(tokenizer: Any, ids: list[int], labels: list[int], color: bool) -> str:
+    from tempering.tracking import render_trained
+
+    text = render_trained(tokenizer, ids, labels)
+    if color:
+        text = text.replace("[[", "\x1b[42;30m").replace("]]", "\x1b[0m")
+    return text
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from tempering.plugin_manager import build_plugin_manager, build_registry
+
+    registry = build_registry(build_plugin_manager(args.plugin))
+    for kind in sorted(registry.components):
+        print(f"{kind}:")
+        for name in registry.names(kind):
+            component = registry.components[kind][name]
+            provider = registry.providers[kind][name]
+            print(f"  {name:<16} {provider:<36} {getattr(component, 'description', '')}")
+    return 0
+
+
+def _check_sample(encoder: Any, tokenizer: Any, messages: list[dict[str, Any]]) -> list[str]:
+    """Problems found in one sample's encoding (empty when its spans are exact)."""
+    problems = []
+    enc = encoder.encode(messages)
+    ref = tokenizer.apply_chat_template(messages, chat_template=encoder.template.jinja,
+                                        tokenize=True, **encoder.template.kwargs)["input_ids"]
+    if list(ref) != enc.input_ids:
+        problems.append("input_ids differ from tokenizer.apply_chat_template")
+    for index, start, end in enc.spans:
+        if messages[index]["content"].strip() not in enc.text[start:end]:
+            problems.append(f"message {index}: its content is not inside its span")
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            for _, start, end in enc.spans:
+                if message["content"].strip() and message["content"].strip() in enc.text[start:end]:
+                    problems.append(f"message {index} ({message['role']}) is inside a trained span")
+    return problems
+
+
+def _cmd_check_template(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from tempering.encoding import ConversationEncoder
+    from tempering.recipe import resolve_bundled
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_bundled(args.tokenizer))
+    spec = None if args.chat_template in (None, "tokenizer") else args.chat_template
+    encoder = ConversationEncoder(tokenizer, chat_template=spec, masking=args.masking)
+    color = sys.stdout.isatty()
+    failures = 0
+    for n, messages in enumerate(_SAMPLES, start=1):
+        try:
+            enc = encoder.encode(messages)
+            problems = _check_sample(encoder, tokenizer, messages)
+        except Exception as exc:  # a template that cannot be rendered or located
+            problems, enc = [f"{type(exc).__name__}: {exc}"], None
+        status = "ok" if not problems else "FAILED"
+        print(f"--- sample {n} ({len(messages)} messages): {status}")
+        if enc is not None:
+            print(_highlight(tokenizer, enc.input_ids, enc.labels, color))
+            print(f"    {enc.num_supervised}/{len(enc.input_ids)} tokens trained")
+        for problem in problems:
+            print(f"    problem: {problem}")
+        failures += bool(problems)
+    print(f"template {encoder.template.name!r}: {len(_SAMPLES) - failures}/{len(_SAMPLES)} samples exact")
+    return 1 if failures else 0
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from tempering.data_sources import BadRecordLog, load_conversations
+    from tempering.encoding import ConversationEncoder
+    from tempering.models import load_tokenizer
+    from tempering.plugin_manager import build_plugin_manager, build_registry
+    from tempering.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    pm = build_plugin_manager(recipe.plugins)
+    registry = build_registry(pm)
+    tokenizer = load_tokenizer(recipe.model)
+    spec = None if recipe.chat_template == "tokenizer" else recipe.chat_template
+    encoder = ConversationEncoder(tokenizer, chat_template=spec, masking=recipe.masking,
+                                  train_on_eot=recipe.train_on_eot, registry=registry)
+    encoder.template.kwargs.update(recipe.template_kwargs)
+    sources = [s for s in recipe.data.train]
+    for s in sources:
+        s.max_records = min(s.max_records or args.n, args.n)
+    log = BadRecordLog()
+    conversations = load_conversations(sources, pm.hook.format_example, on_bad_record="skip",
+                                       seed=recipe.train.seed, log=log)[: args.n]
+    color = sys.stdout.isatty()
+    tokens = supervised = 0
+    for conv in conversations:
+        enc = encoder.encode(conv.messages)
+        tokens, supervised = tokens + len(enc.input_ids), supervised + enc.num_supervised
+        print(f"--- {conv.origin}: {enc.num_supervised}/{len(enc.input_ids)} tokens trained")
+        print(_highlight(tokenizer, enc.input_ids, enc.labels, color))
+    print(f"supervised-token ratio over {len(conversations)} examples: "
+          f"{supervised / max(1, tokens):.3f}")
+    if log.total:
+        print(f"skipped records: {dict(log.counts)}")
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from tempering.recipe import bundled_recipes
+
+    for name, path in sorted(bundled_recipes().items()):
+        print(f"{name:<28} {path}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import json
+
+    from tempering.recipe import load_recipe
+    from tempering.training import run_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    summary = run_recipe(recipe)
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        shown = {k: v for k, v in summary.items() if k != "eval_examples"}
+        print("\n=== run summary ===")
+        print(json.dumps(shown, indent=2, default=str))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tempering", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train as a recipe says")
+    run.add_argument("recipe", help="recipe file or bundled recipe name")
+    run.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    run.set_defaults(fn=_cmd_run)
+    plugins = sub.add_parser("plugins", help="list registered components and their plugins")
+    plugins.add_argument("--plugin", action="append", default=[], help="extra plugin module")
+    plugins.set_defaults(fn=_cmd_plugins)
+    check = sub.add_parser("check-template", help="verify a chat template's trained spans")
+    check.add_argument("--tokenizer", required=True, help="tokenizer path (or bundled:tiny-llama)")
+    check.add_argument("--chat-template", default=None, help="registered name or .jinja file")
+    check.add_argument("--masking", default="all_assistant")
+    check.set_defaults(fn=_cmd_check_template)
+    preview = sub.add_parser("preview", help="show a recipe's first encoded examples")
+    preview.add_argument("recipe")
+    preview.add_argument("overrides", nargs="*")
+    preview.add_argument("-n", type=int, default=3, help="examples to show")
+    preview.set_defaults(fn=_cmd_preview)
+    recipes = sub.add_parser("recipes", help="list bundled recipes")
+    recipes.set_defaults(fn=_cmd_recipes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; user errors print one line and exit 2."""
+    from tempering.data_sources import DataError
+    from tempering.plugin_manager import ComponentError
+    from tempering.recipe import RecipeError
+    from tempering.templates import TemplateError
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    args = _parser().parse_args(argv)
+    user_errors = (RecipeError, DataError, TemplateError, ComponentError, FileNotFoundError,
+                   MisconfigurationException)
+    try:
+        return args.fn(args)
+    except Exception as exc:
+        # Configuration mistakes (ours, or Lightning's ValueErrors about trainer arguments) are
+        # one line; TEMPERING_DEBUG=1 shows the traceback.
+        if os.environ.get("TEMPERING_DEBUG") or not isinstance(exc, (*user_errors, ValueError)):
+            raise
+        print(f"tempering: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

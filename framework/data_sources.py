@@ -1,0 +1,148 @@
+"""Reading recipe data sources into conversations, counting or refusing bad records."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tempering.messages import BadRecordError
+from tempering.recipe import DataSource, resolve_bundled
+
+__all__ = ["DataError", "BadRecordLog", "Conversation", "read_source", "load_conversations"]
+
+
+class DataError(ValueError):
+    """A bad record with ``on_bad_record: error``: names the file, the record and the field."""
+
+
+@dataclass
+class BadRecordLog:
+    """Skipped records by kind, with a few examples each, for the run summary and W&B."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, kind: str, where: str, message: str) -> None:
+        self.counts[kind] += 1
+        self.examples.setdefault(kind, [])
+        if len(self.examples[kind]) < 3:
+            self.examples[kind].append(f"{where}: {message}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class Conversation:
+    messages: list[dict[str, Any]]
+    origin: str  # "file:line" or "dataset[split]#index"
+
+
+def _where(origin: str, exc: BadRecordError) -> str:
+    return f"{origin}, field {exc.field}" if exc.field else origin
+
+
+def _iter_json_file(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(origin, record)``; a malformed line yields ``(origin, BadRecordError)``."""
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if path.suffix == ".json" and stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield f"{path}:{exc.lineno}", BadRecordError("malformed_json", f"invalid JSON: {exc.msg}")
+            return
+        for i, record in enumerate(records):
+            yield f"{path} record {i}", record
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{lineno}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield f"{path}:{lineno}", BadRecordError("malformed_json", f"invalid JSON: {exc.msg}")
+
+
+def _iter_datasets(source: DataSource, location: str) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    path = Path(location)
+    if path.is_dir() and (path / "dataset_info.json").exists():
+        ds = datasets.load_from_disk(location)
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[source.split]
+    else:
+        ds = datasets.load_dataset(location, source.subset, split=source.split)
+    for i, record in enumerate(ds):
+        yield f"{location}[{source.split}]#{i}", record
+
+
+def read_source(source: DataSource) -> Iterator[tuple[str, Any]]:
+    """Yield ``(origin, raw record)`` pairs of one source, field-mapped, up to max_records."""
+    location = resolve_bundled(source.path)
+    path = Path(location).expanduser()
+    if path.is_file():
+        records: Iterator[tuple[str, Any]] = _iter_json_file(path)
+    elif path.is_dir() and any(path.glob("*.json*")) and not (path / "dataset_info.json").exists():
+        records = (r for p in sorted(path.glob("*.json*")) for r in _iter_json_file(p))
+    elif path.exists() or location.startswith((".", "/")):
+        raise DataError(f"data source {source.path!r}: not a JSON/JSONL file or dataset directory")
+    else:
+        records = _iter_datasets(source, location)
+    rename = {v: k for k, v in source.fields.items()}
+    for n, (origin, record) in enumerate(records):
+        if source.max_records is not None and n >= source.max_records:
+            break
+        if rename and isinstance(record, dict):
+            record = {rename.get(k, k): v for k, v in record.items()}
+        yield origin, record
+
+
+def _weighted(items: list[Conversation], weight: float, rng: random.Random) -> list[Conversation]:
+    """Each record ``floor(weight)`` times plus a seeded ``frac(weight)`` sample of them."""
+    whole, frac = int(math.floor(weight)), weight - math.floor(weight)
+    out = items * whole
+    if frac > 0:
+        out += rng.sample(items, round(frac * len(items)))
+    return out
+
+
+def load_conversations(
+    sources: list[DataSource], format_example: Any, *, on_bad_record: str, seed: int,
+    log: BadRecordLog,
+) -> list[Conversation]:
+    """Read and format every source (the ``format_example`` hook) into conversations.
+
+    Bad records raise :class:`DataError` (``on_bad_record: error``) or are counted in ``log``.
+    """
+    rng = random.Random(seed)
+    out: list[Conversation] = []
+    for source in sources:
+        if source.weight < 0:
+            raise DataError(f"data source {source.path!r}: weight must be >= 0")
+        items = []
+        for origin, record in read_source(source):
+            try:
+                if isinstance(record, BadRecordError):
+                    raise record
+                messages = format_example(record=record, source=source)
+                if messages is None:
+                    raise BadRecordError("unformatted", "no format_example plugin handled it")
+            except BadRecordError as exc:
+                if on_bad_record == "error":
+                    raise DataError(f"{_where(origin, exc)}: {exc} "
+                                    "(set data.on_bad_record: skip to skip and count such records)"
+                                    ) from None
+                log.add(exc.kind, _where(origin, exc), str(exc))
+                continue
+            items.append(Conversation(messages, origin))
+        out += _weighted(items, source.weight, rng)
+    return out

@@ -1,0 +1,186 @@
+"""The LightningDataModule: sources -> conversations -> tokens -> packed, rank-aware batches."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from tempering.data_sources import BadRecordLog, Conversation, load_conversations
+from tempering.encoding import IGNORE_INDEX, ConversationEncoder
+from tempering.packing import collate_packed, collate_padded, plan_epoch, window_totals
+from tempering.recipe import Recipe
+from tempering.tokenize import tokenize_conversations
+
+__all__ = ["SFTDataModule", "PlanLoader"]
+
+
+class PlanLoader:
+    """Iterates this rank's micro-batches of an epoch plan; resumable mid-epoch.
+
+    Lightning saves ``state_dict()`` in checkpoints and restores it before iterating, so a
+    resumed run continues with the next unseen micro-batch of the same epoch.
+    """
+
+    def __init__(self, dm: SFTDataModule, dataset: Any, *, train: bool) -> None:
+        self.dm, self.dataset, self.train = dm, dataset, train
+        self.lengths: list[int] = list(dataset["length"])
+        self.supervised: list[int] = list(dataset["num_supervised"])
+        self._resume: dict[str, int] | None = None
+
+    def _world(self) -> tuple[int, int, int]:
+        trainer = self.dm.trainer
+        if trainer is None:
+            return 0, 1, 1
+        accumulate = trainer.accumulate_grad_batches if self.train else 1
+        return trainer.global_rank, trainer.world_size, accumulate
+
+    def _epoch(self) -> int:
+        return self.dm.trainer.current_epoch if (self.train and self.dm.trainer) else 0
+
+    def _plan(self) -> list[list[list[int]]]:
+        d = self.dm.recipe.data
+        return plan_epoch(self.lengths, batch_size=d.batch_size, max_length=d.max_length,
+                          packing=d.packing, group_by_length=d.group_by_length and self.train,
+                          seed=self.dm.recipe.train.seed, epoch=self._epoch(),
+                          world_size=self._world()[1])
+
+    def __len__(self) -> int:
+        return len(self._plan()) // self._world()[1]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world, accumulate = self._world()
+        plan = self._plan()
+        totals = window_totals(plan, self.supervised, world_size=world, accumulate=accumulate)
+        all_tokens = window_totals(plan, self.lengths, world_size=world, accumulate=accumulate)
+        local = list(range(rank, len(plan), world))
+        start = 0
+        if self._resume and self._resume["epoch"] == self._epoch():
+            start = self._resume["consumed"]
+        self._resume = None
+        for j in range(start, len(local)):
+            m = local[j]
+            batch = self.dm.collate(plan[m], self.dataset)
+            batch["num_window_tokens"] = torch.tensor(totals[m])
+            batch["num_window_all_tokens"] = torch.tensor(all_tokens[m])
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        trainer = self.dm.trainer
+        loop = trainer.fit_loop.epoch_loop
+        return {"epoch": trainer.current_epoch, "consumed": loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = dict(state)
+
+
+class SFTDataModule(pl.LightningDataModule):
+    """Reads the recipe's sources, tokenizes them exactly, and serves packed batches.
+
+    Args:
+        recipe: the run's recipe.
+        tokenizer: a fast tokenizer.
+        plugin_manager: the run's PluginManager (for ``format_example``).
+        registry: the component registry (template and masking lookup).
+    """
+
+    def __init__(self, recipe: Recipe, tokenizer: Any, plugin_manager: Any, registry: Any) -> None:
+        super().__init__()
+        self.recipe, self.tokenizer, self.pm, self.registry = recipe, tokenizer, plugin_manager, registry
+        self.encoder = ConversationEncoder(
+            tokenizer, chat_template=recipe.chat_template if recipe.chat_template != "tokenizer"
+            else None, masking=recipe.masking, train_on_eot=recipe.train_on_eot, registry=registry)
+        if recipe.template_kwargs:
+            self.encoder.template.kwargs.update(recipe.template_kwargs)
+        self.bad_records = BadRecordLog()
+        self.train_data: Any = None
+        self.val_data: Any = None
+        self.val_conversations: list[Conversation] = []
+        self._prepared = False
+
+    # -- Lightning hooks --------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        self._build()  # fills the tokenization cache on local rank 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self._prepared:
+            self._build()
+
+    def train_dataloader(self) -> PlanLoader:
+        return PlanLoader(self, self.train_data, train=True)
+
+    def val_dataloader(self) -> Any:
+        return PlanLoader(self, self.val_data, train=False) if self.val_data is not None else []
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _read(self, sources: list[Any]) -> list[Conversation]:
+        d = self.recipe.data
+        return load_conversations(sources, self.pm.hook.format_example,
+                                  on_bad_record=d.on_bad_record, seed=self.recipe.train.seed,
+                                  log=self.bad_records)
+
+    def _tokenize(self, conversations: list[Conversation], desc: str) -> Any:
+        d = self.recipe.data
+        return tokenize_conversations(
+            conversations, self.encoder, max_length=d.max_length, overflow=d.overflow,
+            on_bad_record=d.on_bad_record, log=self.bad_records, num_proc=d.num_proc,
+            cache_dir=d.cache_dir, desc=desc)
+
+    def _build(self) -> None:
+        d = self.recipe.data
+        self.bad_records = BadRecordLog()
+        train = self._read(d.train)
+        val = self._read(d.validation) if d.validation else []
+        if not val and d.val_fraction > 0:
+            rng = random.Random(self.recipe.train.seed)
+            order = list(range(len(train)))
+            rng.shuffle(order)
+            cut = max(1, int(len(train) * d.val_fraction))
+            held = set(order[:cut])
+            val = [c for i, c in enumerate(train) if i in held]
+            train = [c for i, c in enumerate(train) if i not in held]
+        if not train:
+            raise ValueError("no training conversation left after reading the sources "
+                             f"(skipped: {dict(self.bad_records.counts)})")
+        self.train_data = self._tokenize(train, "Tokenizing train")
+        self.val_conversations = val
+        self.val_data = self._tokenize(val, "Tokenizing validation") if val else None
+        self._prepared = True
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def collate(self, rows: list[list[int]], data: Any) -> dict[str, Any]:
+        """One micro-batch from ``rows`` of example indices into ``data``."""
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
+        if self.recipe.data.packing:
+            examples = [[data[i] for i in row] for row in rows]
+            batch = collate_packed(examples, pad)
+            tokens = sum(len(e["input_ids"]) for row in examples for e in row)
+        else:
+            batch = collate_padded([data[row[0]] for row in rows], pad)
+            tokens = int(batch["attention_mask"].sum())
+        real = int((batch["labels"] != IGNORE_INDEX).sum())
+        batch["num_tokens"] = torch.tensor(tokens)
+        batch["num_supervised"] = torch.tensor(real)
+        batch["num_padding"] = torch.tensor(batch["input_ids"].numel() - tokens)
+        return batch
+
+    def stats(self) -> dict[str, Any]:
+        """Dataset statistics for the run summary."""
+        lengths = self.train_data["length"]
+        supervised = self.train_data["num_supervised"]
+        return {
+            "train_conversations": len(lengths),
+            "val_conversations": 0 if self.val_data is None else len(self.val_data),
+            "train_tokens": int(sum(lengths)),
+            "train_supervised_tokens": int(sum(supervised)),
+            "supervised_ratio": sum(supervised) / max(1, sum(lengths)),
+            "skipped_records": dict(self.bad_records.counts),
+        }

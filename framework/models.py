@@ -1,0 +1,63 @@
+"""Loading tokenizers and causal LMs from a recipe (hub ids, local folders, bundled assets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tempering.recipe import ModelConfig, RecipeError, resolve_bundled
+
+__all__ = ["load_tokenizer", "load_model", "has_weights"]
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def has_weights(location: str) -> bool:
+    path = Path(location)
+    return not path.is_dir() or any((path / f).exists() for f in _WEIGHT_FILES)
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The recipe's fast tokenizer; a pad token falls back to EOS only when none is defined."""
+    from transformers import AutoTokenizer
+
+    location = resolve_bundled(cfg.tokenizer or cfg.name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(
+        location, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, use_fast=True)
+    if not tokenizer.is_fast:
+        raise RecipeError(f"model.tokenizer: {location} has no fast tokenizer; exact masks need "
+                          "character offsets")
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, seed: int) -> Any:
+    """``AutoModelForCausalLM`` from weights (``init: pretrained``) or from its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    location = resolve_bundled(cfg.name_or_path)
+    dtype = _DTYPES.get(cfg.dtype, "auto")
+    common = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+    if cfg.attn_implementation:
+        common["attn_implementation"] = cfg.attn_implementation
+    if cfg.init == "random":
+        config = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code,
+                                            revision=cfg.revision)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype if dtype != "auto" else torch.float32,
+            trust_remote_code=cfg.trust_remote_code,
+            **({"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}))
+    else:
+        if not has_weights(location):
+            raise RecipeError(
+                f"model.name_or_path: {cfg.name_or_path} has a config but no weights; set "
+                "model.init: random to train it from scratch")
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **common)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model

@@ -1,0 +1,134 @@
+"""The recipe schema: every key is a typed field with a docstring (``metadata["doc"]``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ModelConfig", "DataSource", "DataConfig", "ObjectiveConfig", "OptimConfig", "TrainConfig",
+    "EvalConfig", "WandbConfig", "Recipe",
+]
+
+
+def doc(text: str, default: Any = None, *, choices: tuple[str, ...] = (), factory: Any = None) -> Any:
+    meta = {"doc": text, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = doc("Hub id, local directory, or `bundled:tiny-llama`.", "bundled:tiny-llama")
+    tokenizer: str | None = doc("Tokenizer location when it differs from the model's.")
+    init: str = doc("`pretrained` loads weights; `random` initialises from the config (seeded).",
+                    "pretrained", choices=("pretrained", "random"))
+    dtype: str = doc("Weights dtype when loading.", "auto",
+                     choices=("auto", "float32", "bfloat16", "float16"))
+    trust_remote_code: bool = doc("Allow model/tokenizer code from the hub repository.", False)
+    revision: str | None = doc("Hub revision (branch, tag or commit).")
+    attn_implementation: str | None = doc("`sdpa`, `eager`, `flash_attention_2`, ...", "sdpa")
+    gradient_checkpointing: bool = doc("Recompute activations in backward to save memory.", False)
+
+
+@dataclass
+class DataSource:
+    path: str = doc("JSON/JSONL file, a directory of them, `bundled:data/...`, or a datasets hub id.", "")
+    format: str = doc("Record format.", "auto",
+                      choices=("auto", "alpaca", "prompt_completion", "messages", "sharegpt"))
+    fields: dict[str, str] = doc("Map canonical field names to this source's keys, e.g. "
+                                 "{instruction: question, output: answer}.", factory=dict)
+    weight: float = doc("Sampling weight relative to other sources (1.0 = each record once).", 1.0)
+    split: str = doc("datasets split to read (hub ids and datasets directories).", "train")
+    subset: str | None = doc("datasets configuration name (hub ids).")
+    max_records: int | None = doc("Read at most this many records.")
+    system_prompt: str | None = doc("System message added to conversations that have none.")
+
+
+@dataclass
+class DataConfig:
+    train: list[DataSource] = doc("Training sources.", factory=list)
+    validation: list[DataSource] = doc("Validation sources; empty = hold out `val_fraction`.",
+                                       factory=list)
+    val_fraction: float = doc("Fraction of training conversations held out for validation.", 0.0)
+    max_length: int = doc("Maximum tokens per conversation.", 2048)
+    overflow: str = doc("Longer conversations: `drop` (counted) or `truncate_turns` (keep the "
+                        "leading whole turns that fit).", "drop", choices=("drop", "truncate_turns"))
+    packing: bool = doc("Pack conversations into rows of `max_length` tokens (best-fit decreasing).",
+                        True)
+    group_by_length: bool = doc("Without packing, batch conversations of similar length.", True)
+    batch_size: int = doc("Rows per micro-batch per device.", 8)
+    on_bad_record: str = doc("`error` stops at the first bad record; `skip` counts and reports.",
+                             "error", choices=("error", "skip"))
+    num_proc: int = doc("Processes for tokenization (datasets.map).", 1)
+    num_workers: int = doc("DataLoader worker processes.", 0)
+    cache_dir: str | None = doc("Where tokenized data is cached (default: datasets' cache).")
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = doc("Registered objective.", "cross_entropy")
+    options: dict[str, Any] = doc("Keyword options passed to the objective.", factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = doc("Peak learning rate (AdamW).", 2e-5)
+    weight_decay: float = doc("AdamW weight decay (not applied to norms and biases).", 0.0)
+    betas: list[float] = doc("AdamW betas.", factory=lambda: [0.9, 0.999])
+    eps: float = doc("AdamW epsilon.", 1e-8)
+    warmup_steps: int = doc("Linear warmup steps (overrides warmup_ratio when > 0).", 0)
+    warmup_ratio: float = doc("Warmup as a fraction of total optimizer steps.", 0.0)
+    scheduler: str = doc("Decay after warmup.", "cosine", choices=("cosine", "linear", "constant"))
+    min_lr_ratio: float = doc("Final learning rate as a fraction of `lr`.", 0.0)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = doc("Seed for model init, data order and everything else.", 0)
+    output_dir: str = doc("Run directory (checkpoints, final model, summary).", "runs/{name}")
+    loss_chunk_size: int = doc("Supervised positions projected to the vocabulary at a time.", 1024)
+    checkpoint_every_n_steps: int | None = doc("Save a resumable checkpoint every N steps.")
+    resume_from: str | None = doc("Checkpoint path, or `last` for the run's last checkpoint.")
+    save_final: bool = doc("save_pretrained the final model + tokenizer (with chat template).", True)
+
+
+@dataclass
+class EvalConfig:
+    generate_samples: int = doc("Held-out conversations answered greedily after training; "
+                                "exact match against the reference is reported.", 0)
+    max_new_tokens: int = doc("Generation budget per answer.", 64)
+    before_training: bool = doc("Also measure before training, for comparison.", True)
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = doc("Log the run to Weights & Biases.", True)
+    project: str = doc("W&B project.", "tempering")
+    name: str | None = doc("W&B run name (default: the recipe name).")
+    mode: str = doc("`offline` needs no account; `online` syncs live.", "offline",
+                    choices=("offline", "online", "disabled"))
+    tags: list[str] = doc("W&B tags.", factory=list)
+    log_examples: int = doc("Decoded training examples logged as a table, trained spans marked.", 8)
+    log_model: bool = doc("Upload the final model as a W&B artifact.", False)
+
+
+@dataclass
+class Recipe:
+    name: str = doc("Run name.", "run")
+    plugins: list[str] = doc("Extra plugin modules to register (`pkg.module`).", factory=list)
+    model: ModelConfig = doc("Model and tokenizer.", factory=ModelConfig)
+    chat_template: str = doc("Registered template name, `tokenizer`, or a `.jinja` path.", "tokenizer")
+    template_kwargs: dict[str, Any] = doc("Extra variables for the template renderer.", factory=dict)
+    masking: str = doc("Registered masking strategy.", "all_assistant")
+    train_on_eot: bool = doc("Train each turn's end-of-turn token.", True)
+    data: DataConfig = doc("Data sources and batching.", factory=DataConfig)
+    objective: ObjectiveConfig = doc("Loss per supervised token (name or {name, options}).",
+                                     factory=ObjectiveConfig)
+    optim: OptimConfig = doc("Optimizer and schedule.", factory=OptimConfig)
+    train: TrainConfig = doc("Run-level settings.", factory=TrainConfig)
+    eval: EvalConfig = doc("Evaluation by generation after training.", factory=EvalConfig)
+    trainer: dict[str, Any] = doc("lightning.Trainer arguments (devices, strategy, precision, "
+                                  "max_steps, accumulate_grad_batches, ...).", factory=dict)
+    wandb: WandbConfig = doc("Run tracking.", factory=WandbConfig)

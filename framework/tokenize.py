@@ -1,0 +1,123 @@
+"""Tokenizing conversations with ``datasets.map``: batched, cached by fingerprint, ``num_proc``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from tempering.data_sources import BadRecordLog, Conversation, DataError
+from tempering.encoding import ConversationEncoder
+from tempering.templates import TemplateError
+
+__all__ = ["encode_one", "tokenize_conversations"]
+
+_COLUMNS = ("input_ids", "labels", "length", "num_supervised", "error_kind", "error")
+
+
+def _clean(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Arrow stores absent keys of a struct column as None; a template must not see them.
+    return [{k: v for k, v in m.items() if v is not None} for m in messages]
+
+
+def encode_one(encoder: ConversationEncoder, messages: list[dict[str, Any]], max_length: int,
+               overflow: str) -> dict[str, Any]:
+    """Encode one conversation applying the overflow policy; errors become ``error_kind``."""
+    try:
+        enc = encoder.encode(messages)
+        if len(enc.input_ids) > max_length:
+            if overflow == "drop":
+                return _bad("too_long", f"{len(enc.input_ids)} tokens > max_length {max_length}")
+            enc = _leading_turns(encoder, messages, max_length)
+            if enc is None:
+                return _bad("no_supervised_tokens", "no leading whole turn fits in max_length "
+                            f"{max_length}")
+        if enc.num_supervised == 0:
+            return _bad("no_supervised_tokens", "no token is trained")
+    except TemplateError as exc:
+        return _bad("template_error", str(exc))
+    except ValueError as exc:
+        return _bad("no_supervised_tokens", str(exc))
+    return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids),
+            "num_supervised": enc.num_supervised, "error_kind": "", "error": ""}
+
+
+def _bad(kind: str, message: str) -> dict[str, Any]:
+    return {"input_ids": [], "labels": [], "length": 0, "num_supervised": 0,
+            "error_kind": kind, "error": message}
+
+
+def _leading_turns(encoder: ConversationEncoder, messages: list[dict[str, Any]],
+                   max_length: int) -> Any:
+    """The longest prefix ending after an assistant turn that fits and trains something."""
+    ends = [j + 1 for j, m in enumerate(messages) if m["role"] == "assistant"][::-1]
+    for end in ends[1:]:
+        try:
+            enc = encoder.encode(messages[:end])
+        except ValueError:  # the strategy selects nothing in this prefix
+            continue
+        if len(enc.input_ids) <= max_length and enc.num_supervised > 0:
+            return enc
+    return None
+
+
+def _encode_batch(batch: dict[str, list], encoder: ConversationEncoder, max_length: int,
+                  overflow: str) -> dict[str, list]:
+    out: dict[str, list] = {c: [] for c in _COLUMNS}
+    for messages in batch["messages"]:
+        row = encode_one(encoder, _clean(messages), max_length, overflow)
+        for c in _COLUMNS:
+            out[c].append(row[c])
+    return out
+
+
+def _fingerprint(encoder: ConversationEncoder, conversations: list[Conversation],
+                 max_length: int, overflow: str) -> str:
+    h = hashlib.sha256()
+    tok = encoder.tokenizer
+    h.update(tok.backend_tokenizer.to_str().encode() if hasattr(tok, "backend_tokenizer") else b"")
+    h.update(json.dumps([encoder.template.jinja, encoder.template.kwargs, encoder.masking.name,
+                         encoder.train_on_eot, max_length, overflow, tok.bos_token,
+                         tok.eos_token], sort_keys=True, default=str).encode())
+    for conv in conversations:
+        h.update(json.dumps(conv.messages, sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+def tokenize_conversations(
+    conversations: list[Conversation], encoder: ConversationEncoder, *, max_length: int,
+    overflow: str, on_bad_record: str, log: BadRecordLog, num_proc: int = 1,
+    cache_dir: str | None = None, desc: str = "Tokenizing",
+) -> Any:
+    """Tokenize into a ``datasets.Dataset`` (input_ids, labels, length, num_supervised).
+
+    The result is cached under ``cache_dir`` by a fingerprint of the tokenizer, template,
+    masking, limits and conversations, so a second run with the same inputs reads it back.
+    """
+    import datasets
+
+    fingerprint = _fingerprint(encoder, conversations, max_length, overflow)
+    raw = datasets.Dataset.from_dict({
+        "messages": [c.messages for c in conversations],
+        "origin": [c.origin for c in conversations],
+    })
+    cache = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "tempering"
+    cache.mkdir(parents=True, exist_ok=True)
+    encoded = raw.map(
+        _encode_batch, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
+        fn_kwargs={"encoder": encoder, "max_length": max_length, "overflow": overflow},
+        remove_columns=["messages"], new_fingerprint=fingerprint,
+        cache_file_name=str(cache / f"{fingerprint}.arrow"), desc=desc,
+    )
+    kinds = encoded["error_kind"]
+    bad = [i for i, k in enumerate(kinds) if k]
+    if bad:
+        errors = encoded.select(bad)
+        for origin, kind, message in zip(errors["origin"], errors["error_kind"], errors["error"]):
+            if on_bad_record == "error" and kind != "too_long":
+                raise DataError(f"{origin}: {message} (set data.on_bad_record: skip to skip and "
+                                "count such records)")
+            log.add(kind, origin, message)
+        encoded = encoded.select([i for i, k in enumerate(kinds) if not k])
+    return encoded.remove_columns(["error_kind", "error"])

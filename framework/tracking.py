@@ -1,0 +1,89 @@
+"""Run tracking with Weights & Biases through Lightning's WandbLogger."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from tempering.encoding import IGNORE_INDEX
+from tempering.recipe import Recipe, to_dict
+
+__all__ = ["make_logger", "render_trained", "log_run_start", "log_run_end"]
+
+
+def make_logger(recipe: Recipe, output_dir: Path) -> Any:
+    """A WandbLogger (offline mode needs no account) or a CSVLogger when W&B is off."""
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    w = recipe.wandb
+    if not w.enabled or w.mode == "disabled":
+        return CSVLogger(save_dir=str(output_dir), name="logs")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return WandbLogger(project=w.project, name=w.name or recipe.name, save_dir=str(output_dir),
+                       offline=w.mode == "offline", tags=w.tags or None,
+                       log_model=False)
+
+
+def render_trained(tokenizer: Any, input_ids: list[int], labels: list[int]) -> str:
+    """Decode a sequence with trained tokens wrapped in ``[[ ]]``."""
+    parts, current, trained = [], [], None
+    for tok, lab in zip(input_ids, labels):
+        is_trained = lab != IGNORE_INDEX
+        if trained is not None and is_trained != trained:
+            text = tokenizer.decode(current)
+            parts.append(f"[[{text}]]" if trained else text)
+            current = []
+        current.append(tok)
+        trained = is_trained
+    if current:
+        text = tokenizer.decode(current)
+        parts.append(f"[[{text}]]" if trained else text)
+    return "".join(parts)
+
+
+def _is_wandb(logger: Any) -> bool:
+    return type(logger).__name__ == "WandbLogger"
+
+
+def log_run_start(logger: Any, recipe: Recipe, dm: Any, tokenizer: Any) -> None:
+    """Resolved recipe and template/tokenizer identity as config; decoded examples as a table."""
+    template = dm.encoder.template
+    identity = {
+        "template/name": template.name,
+        "template/sha256": hashlib.sha256(template.jinja.encode()).hexdigest()[:16],
+        "tokenizer/name_or_path": str(getattr(tokenizer, "name_or_path", "")),
+        "tokenizer/vocab_size": len(tokenizer),
+        "tokenizer/eos_token": tokenizer.eos_token,
+        "data/stats": dm.stats(),
+    }
+    logger.log_hyperparams({**to_dict(recipe), **identity})
+    if not _is_wandb(logger) or recipe.wandb.log_examples <= 0:
+        return
+    data = dm.train_data
+    rows = []
+    for i in range(min(recipe.wandb.log_examples, len(data))):
+        ex = data[i]
+        trained = tokenizer.decode([t for t, lab in zip(ex["input_ids"], ex["labels"])
+                                    if lab != IGNORE_INDEX])
+        rows.append([ex["origin"], render_trained(tokenizer, ex["input_ids"], ex["labels"]),
+                     trained, ex["num_supervised"], ex["length"]])
+    logger.log_table(key="train/examples", columns=["origin", "text", "trained", "supervised",
+                                                     "tokens"], data=rows)
+
+
+def log_run_end(logger: Any, recipe: Recipe, summary: dict[str, Any], final_dir: Path | None) -> None:
+    """Summary values; the final model as an artifact when ``wandb.log_model``."""
+    if not _is_wandb(logger):
+        return
+    run = logger.experiment
+    flat = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) or v is None}
+    for kind, count in summary.get("skipped_records", {}).items():
+        flat[f"skipped/{kind}"] = count
+    run.summary.update(flat)
+    if recipe.wandb.log_model and final_dir is not None:
+        import wandb
+
+        artifact = wandb.Artifact(f"{recipe.name}-model", type="model")
+        artifact.add_dir(str(final_dir))
+        run.log_artifact(artifact)

@@ -1,0 +1,130 @@
+"""``tempering run``: recipe -> plugins, data, model, Lightning Trainer, final model, summary."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from tempering.datamodule import SFTDataModule
+from tempering.evaluation import exact_match
+from tempering.models import load_tokenizer
+from tempering.module import SFTModule
+from tempering.plugin_manager import build_plugin_manager, build_registry
+from tempering.recipe import Recipe, validate_components
+from tempering.tracking import log_run_end, log_run_start, make_logger
+
+__all__ = ["run_recipe", "trainer_arguments"]
+
+_TRAINER_DEFAULTS: dict[str, Any] = {
+    "accelerator": "auto",
+    "devices": 1,
+    "max_epochs": 1,
+    "gradient_clip_val": 1.0,
+    "log_every_n_steps": 10,
+    "num_sanity_val_steps": 0,
+    "enable_model_summary": False,
+    # no_grad, not inference_mode: metric states made in one validation survive into the next
+    "inference_mode": False,
+}
+
+
+def trainer_arguments(recipe: Recipe, output_dir: Path) -> dict[str, Any]:
+    """Trainer kwargs: our defaults, overridden by the recipe's ``trainer`` section."""
+    args = {**_TRAINER_DEFAULTS, "default_root_dir": str(output_dir), **recipe.trainer}
+    if "max_steps" in recipe.trainer and "max_epochs" not in recipe.trainer:
+        args["max_epochs"] = -1  # a step budget runs as many epochs as it needs
+    args["use_distributed_sampler"] = False  # the batch plan assigns micro-batches to ranks
+    return args
+
+
+def _callbacks(recipe: Recipe, output_dir: Path, logger: Any) -> list[Any]:
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    callbacks: list[Any] = [LearningRateMonitor(logging_interval="step")] if logger else []
+    if recipe.train.checkpoint_every_n_steps:
+        callbacks.append(ModelCheckpoint(
+            dirpath=str(output_dir / "checkpoints"), filename="step-{step}",
+            every_n_train_steps=recipe.train.checkpoint_every_n_steps, save_top_k=-1,
+            save_last=True))
+    return callbacks
+
+
+def _resume_path(recipe: Recipe, output_dir: Path) -> str | None:
+    where = recipe.train.resume_from
+    if where == "last":
+        path = output_dir / "checkpoints" / "last.ckpt"
+        if not path.exists():
+            raise FileNotFoundError(f"train.resume_from: last: no checkpoint at {path}")
+        return str(path)
+    return where
+
+
+def _evaluate(module: SFTModule, dm: SFTDataModule, recipe: Recipe, tokenizer: Any) -> Any:
+    if recipe.eval.generate_samples <= 0 or not dm.val_conversations:
+        return None
+    return exact_match(module.model, tokenizer, dm.encoder, dm.val_conversations,
+                       max_new_tokens=recipe.eval.max_new_tokens,
+                       limit=recipe.eval.generate_samples)
+
+
+def _save_final(module: SFTModule, tokenizer: Any, dm: SFTDataModule, output_dir: Path) -> Path:
+    final = output_dir / "final"
+    module.model.save_pretrained(final)
+    tokenizer.chat_template = dm.encoder.template.jinja  # the template it was trained with
+    tokenizer.save_pretrained(final)
+    return final
+
+
+def run_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Train as the recipe says; returns (and writes to ``summary.json``) the run summary."""
+    pm = build_plugin_manager(recipe.plugins)
+    registry = build_registry(pm)
+    validate_components(recipe, registry)
+    pl.seed_everything(recipe.train.seed, workers=True, verbose=False)
+    output_dir = Path(recipe.train.output_dir.format(name=recipe.name))
+    tokenizer = load_tokenizer(recipe.model)
+    dm = SFTDataModule(recipe, tokenizer, pm, registry)
+    module = SFTModule(recipe, pm, registry)
+    logger = make_logger(recipe, output_dir)
+    trainer = pl.Trainer(logger=logger, callbacks=_callbacks(recipe, output_dir, logger),
+                         **trainer_arguments(recipe, output_dir))
+    dm.setup("fit")
+    module.configure_model()
+    single = trainer.world_size == 1
+    summary: dict[str, Any] = {"recipe": recipe.name, "output_dir": str(output_dir), **dm.stats()}
+    if trainer.is_global_zero:
+        log_run_start(logger, recipe, dm, tokenizer)
+    before = None
+    if recipe.eval.before_training and single and not recipe.train.resume_from:
+        if dm.val_data is not None:
+            summary["val_loss_before"] = trainer.validate(module, datamodule=dm, verbose=False)[0][
+                "val/loss"]
+        before = _evaluate(module, dm, recipe, tokenizer)
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(recipe, output_dir))
+    summary["train_seconds"] = round(time.perf_counter() - started, 2)
+    summary["global_step"] = trainer.global_step
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    summary.update({k.replace("/", "_"): v for k, v in metrics.items()})
+    if not trainer.is_global_zero:
+        return summary
+    after = _evaluate(module, dm, recipe, tokenizer) if single else None
+    if before:
+        summary["exact_match_before"] = before["exact_match"]
+    if after:
+        summary["exact_match"] = after["exact_match"]
+        summary["eval_examples"] = after["examples"]
+        summary["eval_samples"] = after["samples"]
+    final = _save_final(module, tokenizer, dm, output_dir) if recipe.train.save_final else None
+    summary["final_model"] = str(final) if final else None
+    log_run_end(logger, recipe, summary, final)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+        summary["wandb_dir"] = str(Path(logger.experiment.dir).parent)
+        logger.experiment.finish()
+    return summary
