@@ -120,6 +120,9 @@ class ConversationEncoder:
         ids: list[int] = list(enc["input_ids"])
         offsets = [tuple(o) for o in enc["offset_mapping"]]
         if self.masking.all_tokens:
+            for index, message in enumerate(messages):  # the template must render every turn
+                if isinstance(message.get("content"), str) and message["content"].strip():
+                    self._content_end(messages, index, text)
             return Encoded(ids, list(ids), text, offsets, [(-1, 0, len(text))])
         selected = self.masking.select(messages)
         if len(selected) != len(messages):
@@ -128,7 +131,7 @@ class ConversationEncoder:
                 f"{len(messages)} messages"
             )
         spans: list[tuple[int, int, int]] = []
-        for index, (message, chosen) in enumerate(zip(messages, selected)):
+        for index, (message, chosen) in enumerate(zip(messages, selected, strict=True)):
             if not chosen:
                 continue
             if message.get("role") != "assistant":

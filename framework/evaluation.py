@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from tempering.data_sources import Conversation
 from tempering.encoding import ConversationEncoder
 

@@ -64,17 +64,18 @@ def detect_format(record: dict[str, Any]) -> str:
     )
 
 
-def _alpaca(record: dict[str, Any]) -> list[dict[str, Any]]:
+def _alpaca(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     instruction = _text(record, "instruction")
     extra = _text(record, "input", required=False)
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return [{"role": "user", "content": prompt},
-            {"role": "assistant", "content": _text(record, "output")}]
+    return ([{"role": "user", "content": prompt},
+             {"role": "assistant", "content": _text(record, "output")}], ["instruction", "output"])
 
 
-def _prompt_completion(record: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": _text(record, "prompt")},
-            {"role": "assistant", "content": _text(record, "completion")}]
+def _prompt_completion(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    return ([{"role": "user", "content": _text(record, "prompt")},
+             {"role": "assistant", "content": _text(record, "completion")}],
+            ["prompt", "completion"])
 
 
 def _message_list(record: dict[str, Any], key: str) -> list[Any]:
@@ -86,7 +87,7 @@ def _message_list(record: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
-def _messages(record: dict[str, Any]) -> list[dict[str, Any]]:
+def _messages(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     out = []
     for i, m in enumerate(_message_list(record, "messages")):
         if not isinstance(m, dict):
@@ -94,17 +95,18 @@ def _messages(record: dict[str, Any]) -> list[dict[str, Any]]:
         if "role" not in m:
             raise BadRecordError("missing_field", f"messages[{i}] has no 'role'",
                                  f"messages[{i}].role")
-        message = {"role": m["role"], "content": _text(m, "content") if "content" in m else None}
-        if message["content"] is None:
-            raise BadRecordError("missing_field", f"messages[{i}] has no 'content'",
-                                 f"messages[{i}].content")
+        try:
+            message = {"role": m["role"], "content": _text(m, "content")}
+        except BadRecordError as exc:
+            raise BadRecordError(exc.kind, f"messages[{i}]: {exc}", f"messages[{i}].content"
+                                 ) from None
         if "train" in m:
             message["train"] = bool(m["train"])
         out.append(message)
-    return out
+    return out, [f"messages[{i}]" for i in range(len(out))]
 
 
-def _sharegpt(record: dict[str, Any]) -> list[dict[str, Any]]:
+def _sharegpt(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     out = []
     for i, turn in enumerate(_message_list(record, "conversations")):
         where = f"conversations[{i}]"
@@ -120,10 +122,9 @@ def _sharegpt(record: dict[str, Any]) -> list[dict[str, Any]]:
         try:
             content = _text(turn, "value")
         except BadRecordError as exc:
-            exc.field = f"{where}.value"
-            raise
+            raise BadRecordError(exc.kind, f"{where}: {exc}", f"{where}.value") from None
         out.append({"role": role, "content": content})
-    return out
+    return out, [f"conversations[{i}]" for i in range(len(out))]
 
 
 _READERS = {
@@ -134,17 +135,32 @@ _READERS = {
 }
 
 
-def validate(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Check roles and assistant content; returns ``messages`` or raises BadRecordError."""
+def _field(where: str, key: str) -> str:
+    """The record key path of a message's role or content (``where`` is the message's path)."""
+    if where.startswith("conversations["):
+        return f"{where}.{'from' if key == 'role' else 'value'}"
+    if where.startswith("messages["):
+        return f"{where}.{key}"
+    return where  # alpaca / prompt-completion: the record's own field
+
+
+def validate(messages: list[dict[str, Any]], where: list[str] | None = None) -> list[dict[str, Any]]:
+    """Check roles and assistant content; returns ``messages`` or raises BadRecordError.
+
+    Args:
+        messages: the converted messages.
+        where: per message, its path in the raw record (for error ``field``\s).
+    """
+    where = where or [f"messages[{i}]" for i in range(len(messages))]
     if not any(m["role"] == "assistant" for m in messages):
         raise BadRecordError("no_assistant", "the conversation has no assistant message")
     for i, m in enumerate(messages):
         if m["role"] not in ROLES:
             raise BadRecordError("unknown_role", f"message {i} has role {m['role']!r}; known: "
-                                 f"{', '.join(ROLES)}", f"messages[{i}].role")
+                                 f"{', '.join(ROLES)}", _field(where[i], "role"))
         if m["role"] == "assistant" and not m["content"].strip():
             raise BadRecordError("empty_assistant", f"message {i} (assistant) is empty",
-                                 f"messages[{i}].content")
+                                 _field(where[i], "content"))
     return messages
 
 
@@ -164,7 +180,8 @@ def to_messages(
         fmt = detect_format(record)
     if fmt not in _READERS:
         raise ValueError(f"unknown data format {fmt!r}; valid: {', '.join(FORMATS)}")
-    messages = _READERS[fmt](record)
+    messages, where = _READERS[fmt](record)
     if system_prompt and (not messages or messages[0]["role"] != "system"):
         messages.insert(0, {"role": "system", "content": system_prompt})
-    return validate(messages)
+        where.insert(0, "system_prompt")
+    return validate(messages, where)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
-
 from tempering import hookspecs
 from tempering.components import ChatTemplate, MaskingStrategy, Objective
 

@@ -11,11 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from tempering.plugin_manager import closest
 from tempering.recipe_schema import (
-    DataConfig, DataSource, EvalConfig, ModelConfig, ObjectiveConfig, OptimConfig, Recipe,
-    TrainConfig, WandbConfig,
+    DataConfig,
+    DataSource,
+    EvalConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    Recipe,
+    TrainConfig,
+    WandbConfig,
 )
 
 __all__ = [

@@ -114,7 +114,8 @@ def tokenize_conversations(
     bad = [i for i, k in enumerate(kinds) if k]
     if bad:
         errors = encoded.select(bad)
-        for origin, kind, message in zip(errors["origin"], errors["error_kind"], errors["error"]):
+        for origin, kind, message in zip(errors["origin"], errors["error_kind"], errors["error"],
+                                         strict=True):
             if on_bad_record == "error" and kind != "too_long":
                 raise DataError(f"{origin}: {message} (set data.on_bad_record: skip to skip and "
                                 "count such records)")

@@ -28,7 +28,7 @@ def make_logger(recipe: Recipe, output_dir: Path) -> Any:
 def render_trained(tokenizer: Any, input_ids: list[int], labels: list[int]) -> str:
     """Decode a sequence with trained tokens wrapped in ``[[ ]]``."""
     parts, current, trained = [], [], None
-    for tok, lab in zip(input_ids, labels):
+    for tok, lab in zip(input_ids, labels, strict=True):
         is_trained = lab != IGNORE_INDEX
         if trained is not None and is_trained != trained:
             text = tokenizer.decode(current)
@@ -64,7 +64,7 @@ def log_run_start(logger: Any, recipe: Recipe, dm: Any, tokenizer: Any) -> None:
     rows = []
     for i in range(min(recipe.wandb.log_examples, len(data))):
         ex = data[i]
-        trained = tokenizer.decode([t for t, lab in zip(ex["input_ids"], ex["labels"])
+        trained = tokenizer.decode([t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True)
                                     if lab != IGNORE_INDEX])
         rows.append([ex["origin"], render_trained(tokenizer, ex["input_ids"], ex["labels"]),
                      trained, ex["num_supervised"], ex["length"]])

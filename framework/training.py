@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-
 from tempering.datamodule import SFTDataModule
 from tempering.evaluation import exact_match
 from tempering.models import load_tokenizer

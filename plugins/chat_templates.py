@@ -77,16 +77,17 @@ _ALPACA_PREAMBLE = (
     "Write a response that appropriately completes the request."
 )
 
-# Stanford Alpaca prompt for base models; a system message replaces the preamble.
+# Stanford Alpaca prompt for base models, joined to the output exactly as Alpaca's train.py does
+# (no newline after "### Response:"); a system message replaces the preamble.
 ALPACA = (
     "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
     "{% else %}{{ '" + _ALPACA_PREAMBLE + "' }}{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}{{ '\\n\\n### Instruction:\\n' + message['content'] }}"
     "{% elif message['role'] == 'assistant' %}"
-    "{{ '\\n\\n### Response:\\n' + message['content'] + eos_token }}{% endif %}"
+    "{{ '\\n\\n### Response:' + message['content'] + eos_token }}{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '\\n\\n### Response:\\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '\\n\\n### Response:' }}{% endif %}"
 )
 
 

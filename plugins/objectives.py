@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from tempering import Objective, hookimpl
 
 __all__ = ["cross_entropy"]

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tempering.encoding import IGNORE_INDEX, Encoded, encode_conversation
 from tempering.plugin_manager import build_plugin_manager, build_registry
 from tempering.templates import TemplateError, resolve_chat_template
@@ -31,13 +30,15 @@ def _vendor(shared_data: Path, name: str) -> str:
 
 
 def _render(tok: Any, jinja: str, messages: list[dict[str, Any]], gen: bool) -> str:
-    return tok.apply_chat_template(messages, chat_template=jinja, tokenize=False,
-                                   add_generation_prompt=gen)
+    return tok.apply_chat_template(
+        messages, chat_template=jinja, tokenize=False, add_generation_prompt=gen
+    )
 
 
 def _ids(tok: Any, jinja: str, messages: list[dict[str, Any]], gen: bool) -> list[int]:
-    out = tok.apply_chat_template(messages, chat_template=jinja, tokenize=True,
-                                  add_generation_prompt=gen)
+    out = tok.apply_chat_template(
+        messages, chat_template=jinja, tokenize=True, add_generation_prompt=gen
+    )
     return list(out["input_ids"])
 
 
@@ -51,8 +52,14 @@ def _trained_texts(tok: Any, enc: Encoded) -> list[str]:
             runs[-1].append(t)
         else:
             runs.append([t])
-    return [tok.decode([enc.input_ids[t] for t in run], skip_special_tokens=False,
-                       clean_up_tokenization_spaces=False) for run in runs]
+    return [
+        tok.decode(
+            [enc.input_ids[t] for t in run],
+            skip_special_tokens=False,
+            clean_up_tokenization_spaces=False,
+        )
+        for run in runs
+    ]
 
 
 # -- conversations for the parity tests --------------------------------------------------------
@@ -69,8 +76,7 @@ SYSTEM = {"role": "system", "content": "You are a careful helper."}
 def _conversation(turns: int, system: bool) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = [dict(SYSTEM)] if system else []
     for user, assistant in _TURNS[:turns]:
-        messages += [{"role": "user", "content": user},
-                     {"role": "assistant", "content": assistant}]
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     return messages
 
 
@@ -92,12 +98,19 @@ PARITY = [
 @pytest.mark.parametrize("gen", [False, True], ids=["no_gen_prompt", "gen_prompt"])
 @pytest.mark.parametrize("turns", [1, 2, 3, 4])
 @pytest.mark.parametrize(
-    ("builtin", "vendor", "system"), PARITY,
+    ("builtin", "vendor", "system"),
+    PARITY,
     ids=[f"{b}-vs-{v}-{'sys' if s else 'nosys'}" for b, v, s in PARITY],
 )
 def test_builtin_matches_vendor_template(
-    builtin: str, vendor: str, system: bool, turns: int, gen: bool,
-    registry, tiny_tokenizer, shared_data: Path,
+    builtin: str,
+    vendor: str,
+    system: bool,
+    turns: int,
+    gen: bool,
+    registry,
+    tiny_tokenizer,
+    shared_data: Path,
 ) -> None:
     tok = tiny_tokenizer
     ours, theirs = _builtin(registry, builtin, tok), _vendor(shared_data, vendor)
@@ -116,10 +129,14 @@ def test_chatml_differs_from_qwen_without_system(registry, tiny_tokenizer) -> No
     messages = _conversation(1, system=False)
     chatml = _render(tiny_tokenizer, _builtin(registry, "chatml", tiny_tokenizer), messages, False)
     qwen = _render(tiny_tokenizer, _builtin(registry, "qwen2.5", tiny_tokenizer), messages, False)
-    assert chatml == ("<|im_start|>user\nWhat is two plus two?<|im_end|>\n"
-                      "<|im_start|>assistant\nFour.<|im_end|>\n")
-    assert qwen == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a "
-                    "helpful assistant.<|im_end|>\n" + chatml)
+    assert chatml == (
+        "<|im_start|>user\nWhat is two plus two?<|im_end|>\n"
+        "<|im_start|>assistant\nFour.<|im_end|>\n"
+    )
+    assert qwen == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a "
+        "helpful assistant.<|im_end|>\n" + chatml
+    )
 
 
 # -- documented formats: Mistral and Alpaca ---------------------------------------------------
@@ -165,25 +182,32 @@ def test_mistral_prepends_system_to_first_user_turn_only(registry, s_tokenizer) 
 
 
 def test_mistral_rejects_other_roles(registry, s_tokenizer) -> None:
-    messages = [{"role": "user", "content": "Hi?"}, {"role": "tool", "content": "{}"},
-                {"role": "assistant", "content": "Hello."}]
+    messages = [
+        {"role": "user", "content": "Hi?"},
+        {"role": "tool", "content": "{}"},
+        {"role": "assistant", "content": "Hello."},
+    ]
     with pytest.raises(TemplateError, match="roles must be"):
         encode_conversation(messages, s_tokenizer, chat_template="mistral", registry=registry)
 
 
-ALPACA_PREAMBLE = ("Below is an instruction that describes a task. Write a response that "
-                   "appropriately completes the request.")
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that "
+    "appropriately completes the request."
+)
 
 
 def test_alpaca_format(registry, s_tokenizer) -> None:
     jinja = _builtin(registry, "alpaca", s_tokenizer)
-    messages = [{"role": "user", "content": "Name a colour."},
-                {"role": "assistant", "content": "Blue."}]
+    messages = [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ]
     assert _render(s_tokenizer, jinja, messages, False) == (
-        ALPACA_PREAMBLE + "\n\n### Instruction:\nName a colour.\n\n### Response:\nBlue.</s>"
+        ALPACA_PREAMBLE + "\n\n### Instruction:\nName a colour.\n\n### Response:Blue.</s>"
     )
     assert _render(s_tokenizer, jinja, messages[:1], True) == (
-        ALPACA_PREAMBLE + "\n\n### Instruction:\nName a colour.\n\n### Response:\n"
+        ALPACA_PREAMBLE + "\n\n### Instruction:\nName a colour.\n\n### Response:"
     )
 
 
@@ -198,8 +222,8 @@ def test_alpaca_system_replaces_preamble_and_turns_repeat(registry, s_tokenizer)
     ]
     assert _render(s_tokenizer, jinja, messages, False) == (
         "Answer in one word."
-        "\n\n### Instruction:\nSky colour?\n\n### Response:\nBlue.</s>"
-        "\n\n### Instruction:\nGrass colour?\n\n### Response:\nGreen.</s>"
+        "\n\n### Instruction:\nSky colour?\n\n### Response:Blue.</s>"
+        "\n\n### Instruction:\nGrass colour?\n\n### Response:Green.</s>"
     )
 
 
@@ -210,8 +234,10 @@ def test_alpaca_on_a_real_alpaca_record(registry, s_tokenizer, shared_data: Path
     record = next(r for r in records if not r.get("input", "").strip())
     jinja = _builtin(registry, "alpaca", s_tokenizer)
     rendered = _render(s_tokenizer, jinja, to_messages(record, "alpaca"), False)
-    assert rendered == (f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{record['instruction']}"
-                        f"\n\n### Response:\n{record['output']}</s>")
+    assert rendered == (
+        f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{record['instruction']}"
+        f"\n\n### Response:{record['output']}</s>"
+    )
 
 
 # -- every built-in template encodes with the bundled tiny tokenizer -------------------------
@@ -228,8 +254,11 @@ END_OF_TURN = {
 
 
 def test_every_builtin_template_is_covered(registry) -> None:
-    builtins = {name for name, plugin in registry.providers["chat_template"].items()
-                if plugin == BUILTIN_MODULE}
+    builtins = {
+        name
+        for name, plugin in registry.providers["chat_template"].items()
+        if plugin == BUILTIN_MODULE
+    }
     assert builtins == set(END_OF_TURN)
 
 
@@ -244,12 +273,14 @@ def test_builtin_declares_markers_the_tiny_tokenizer_knows(name, registry, tiny_
 
 @pytest.mark.parametrize("system", [False, True], ids=["nosys", "sys"])
 @pytest.mark.parametrize("name", sorted(END_OF_TURN))
-def test_builtin_template_encodes_multi_turn(name: str, system: bool, registry,
-                                             tiny_tokenizer) -> None:
+def test_builtin_template_encodes_multi_turn(
+    name: str, system: bool, registry, tiny_tokenizer
+) -> None:
     tok = tiny_tokenizer
     messages = _conversation(3, system)
-    enc = encode_conversation(messages, tok, chat_template=name, masking="all_assistant",
-                              registry=registry)
+    enc = encode_conversation(
+        messages, tok, chat_template=name, masking="all_assistant", registry=registry
+    )
     jinja = _builtin(registry, name, tok)
     assert enc.input_ids == _ids(tok, jinja, messages, False)
 
@@ -258,14 +289,17 @@ def test_builtin_template_encodes_multi_turn(name: str, system: bool, registry,
     assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     assert [index for index, _, _ in enc.spans] == assistants
     for index, start, end in enc.spans:
-        covered = [t for t, (a, b) in enumerate(enc.offsets)
-                   if a < end and b > start and enc.labels[t] != IGNORE_INDEX]
+        covered = [
+            t
+            for t, (a, b) in enumerate(enc.offsets)
+            if a < end and b > start and enc.labels[t] != IGNORE_INDEX
+        ]
         assert covered, f"{name}: message {index} has no trained token"
         assert enc.input_ids[covered[-1]] == eot_id
         assert enc.text[start:end].endswith(eot)
     texts = _trained_texts(tok, enc)
     assert len(texts) == len(assistants)
-    for text, index in zip(texts, assistants):
+    for text, index in zip(texts, assistants, strict=True):
         assert messages[index]["content"].strip() in text
         assert text.endswith(eot)
         assert not any(m["content"].strip() in text for m in messages if m["role"] != "assistant")
@@ -296,8 +330,7 @@ def test_tokenizer_spec_uses_the_tokenizers_own_template(spec, registry, tiny_to
 def test_tokenizer_spec_without_a_template_is_an_error(registry, tiny_tokenizer) -> None:
     tiny_tokenizer.chat_template = None
     with pytest.raises(TemplateError, match="ships no chat template"):
-        encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template="tokenizer",
-                            registry=registry)
+        encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template="tokenizer", registry=registry)
 
 
 CUSTOM = (
@@ -312,8 +345,7 @@ def test_jinja_file_spec(tmp_path: Path, registry, tiny_tokenizer) -> None:
     path.write_text(CUSTOM, encoding="utf-8")
     resolved = resolve_chat_template(str(path), tiny_tokenizer, registry)
     assert (resolved.name, resolved.jinja) == (str(path), CUSTOM)
-    enc = encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=str(path),
-                              registry=registry)
+    enc = encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=str(path), registry=registry)
     assert enc.text == (
         "<|start_header_id|>user<|end_header_id|>\nHi?<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\nHello.<|eot_id|>"
@@ -332,12 +364,15 @@ def test_inline_jinja_spec(registry, tiny_tokenizer) -> None:
 def test_missing_jinja_file_is_an_error(tmp_path: Path, registry, tiny_tokenizer) -> None:
     missing = tmp_path / "nope.jinja"
     with pytest.raises(TemplateError, match="does not exist"):
-        encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=str(missing),
-                            registry=registry)
+        encode_conversation(
+            TWO_TURNS, tiny_tokenizer, chat_template=str(missing), registry=registry
+        )
 
 
-@pytest.mark.parametrize(("typo", "suggestion"), [("lama3", "llama3"), ("qwen25", "qwen2.5"),
-                                                  ("gema", "gemma"), ("chat_ml", "chatml")])
+@pytest.mark.parametrize(
+    ("typo", "suggestion"),
+    [("lama3", "llama3"), ("qwen25", "qwen2.5"), ("gema", "gemma"), ("chat_ml", "chatml")],
+)
 def test_unknown_name_suggests_the_closest(typo, suggestion, registry, tiny_tokenizer) -> None:
     with pytest.raises(ValueError, match=f"unknown chat_template '{typo}'.*did you mean") as err:
         encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=typo, registry=registry)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tempering.encoding import IGNORE_INDEX, Encoded, encode_conversation
 from tempering.messages import BadRecordError, detect_format, to_messages, validate
 from tempering.templates import TemplateError
@@ -46,13 +45,15 @@ def test_prompt_completion() -> None:
 
 
 def test_messages_keep_train_flags_as_booleans() -> None:
-    record = {"messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi?", "train": 0},
-        {"role": "assistant", "content": "Hello.", "train": False},
-        {"role": "user", "content": "Bye?"},
-        {"role": "assistant", "content": "Goodbye.", "train": 1},
-    ]}
+    record = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi?", "train": 0},
+            {"role": "assistant", "content": "Hello.", "train": False},
+            {"role": "user", "content": "Bye?"},
+            {"role": "assistant", "content": "Goodbye.", "train": 1},
+        ]
+    }
     assert to_messages(record, "messages") == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi?", "train": False},
@@ -63,13 +64,15 @@ def test_messages_keep_train_flags_as_booleans() -> None:
 
 
 def test_sharegpt_roles() -> None:
-    record = {"conversations": [
-        {"from": "system", "value": "Be brief."},
-        {"from": "human", "value": "Hi?"},
-        {"from": "gpt", "value": "Hello."},
-        {"from": "Human", "value": "Bye?"},
-        {"from": "GPT", "value": "Goodbye."},
-    ]}
+    record = {
+        "conversations": [
+            {"from": "system", "value": "Be brief."},
+            {"from": "human", "value": "Hi?"},
+            {"from": "gpt", "value": "Hello."},
+            {"from": "Human", "value": "Bye?"},
+            {"from": "GPT", "value": "Goodbye."},
+        ]
+    }
     assert to_messages(record, "sharegpt") == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi?"},
@@ -88,13 +91,19 @@ def test_sharegpt_fastchat_records(shared_data: Path) -> None:
         assert [m["content"] for m in messages] == [t["value"] for t in record["conversations"]]
 
 
-@pytest.mark.parametrize(("record", "fmt"), [
-    ({"messages": [], "instruction": "x"}, "messages"),
-    ({"conversations": []}, "sharegpt"),
-    ({"instruction": "x", "output": "y"}, "alpaca"),
-    ({"instruction": "x", "input": "", "output": "y", "prompt": "p", "completion": "c"}, "alpaca"),
-    ({"prompt": "p", "completion": "c"}, "prompt_completion"),
-])
+@pytest.mark.parametrize(
+    ("record", "fmt"),
+    [
+        ({"messages": [], "instruction": "x"}, "messages"),
+        ({"conversations": []}, "sharegpt"),
+        ({"instruction": "x", "output": "y"}, "alpaca"),
+        (
+            {"instruction": "x", "input": "", "output": "y", "prompt": "p", "completion": "c"},
+            "alpaca",
+        ),
+        ({"prompt": "p", "completion": "c"}, "prompt_completion"),
+    ],
+)
 def test_detect_format(record: dict[str, Any], fmt: str) -> None:
     assert detect_format(record) == fmt
 
@@ -143,9 +152,13 @@ def test_system_prompt_is_inserted_when_there_is_none() -> None:
 
 
 def test_system_prompt_does_not_replace_an_existing_one() -> None:
-    record = {"messages": [{"role": "system", "content": "Own system."},
-                           {"role": "user", "content": "Q"},
-                           {"role": "assistant", "content": "A"}]}
+    record = {
+        "messages": [
+            {"role": "system", "content": "Own system."},
+            {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": "A"},
+        ]
+    }
     messages = to_messages(record, system_prompt="Be brief.")
     assert [m["content"] for m in messages] == ["Own system.", "Q", "A"]
 
@@ -162,10 +175,6 @@ _GPT = {"from": "gpt", "value": "A"}
 _HUMAN = {"from": "human", "value": "Q"}
 
 
-def _field_bug(reason: str):
-    return pytest.mark.xfail(strict=True, reason=f"bug: {reason}")
-
-
 BAD_RECORDS = [
     # missing fields
     ("alpaca", {"output": "A"}, "missing_field", "instruction"),
@@ -174,18 +183,27 @@ BAD_RECORDS = [
     ("prompt_completion", {"completion": "A"}, "missing_field", "prompt"),
     ("messages", {"conversations": []}, "missing_field", "messages"),
     ("messages", {"messages": [_U, {"content": "A"}]}, "missing_field", "messages[1].role"),
-    ("messages", {"messages": [_U, {"role": "assistant"}]}, "missing_field",
-     "messages[1].content"),
-    pytest.param("messages", {"messages": [_U, {"role": "assistant", "content": None}]},
-                 "missing_field", "messages[1].content",
-                 marks=_field_bug("messages reader reports field 'content', not the key path "
-                                  "'messages[1].content', for a null content"),
-                 id="messages-null-content"),
+    ("messages", {"messages": [_U, {"role": "assistant"}]}, "missing_field", "messages[1].content"),
+    pytest.param(
+        "messages",
+        {"messages": [_U, {"role": "assistant", "content": None}]},
+        "missing_field",
+        "messages[1].content",
+        id="messages-null-content",
+    ),
     ("sharegpt", {"messages": []}, "missing_field", "conversations"),
-    ("sharegpt", {"conversations": [{"value": "Q"}, _GPT]}, "missing_field",
-     "conversations[0].from"),
-    ("sharegpt", {"conversations": [_HUMAN, {"from": "gpt"}]}, "missing_field",
-     "conversations[1].value"),
+    (
+        "sharegpt",
+        {"conversations": [{"value": "Q"}, _GPT]},
+        "missing_field",
+        "conversations[0].from",
+    ),
+    (
+        "sharegpt",
+        {"conversations": [_HUMAN, {"from": "gpt"}]},
+        "missing_field",
+        "conversations[1].value",
+    ),
     # wrong types
     ("alpaca", {"instruction": 3, "output": "A"}, "bad_type", "instruction"),
     ("alpaca", {"instruction": "Q", "input": ["x"], "output": "A"}, "bad_type", "input"),
@@ -193,44 +211,82 @@ BAD_RECORDS = [
     ("prompt_completion", {"prompt": "Q", "completion": 4}, "bad_type", "completion"),
     ("messages", {"messages": "Q A"}, "bad_type", "messages"),
     ("messages", {"messages": [_U, "A"]}, "bad_type", "messages[1]"),
-    pytest.param("messages",
-                 {"messages": [_U, {"role": "assistant", "content": [{"type": "text"}]}]},
-                 "bad_type", "messages[1].content",
-                 marks=_field_bug("messages reader reports field 'content', not the key path "
-                                  "'messages[1].content', for non-string content"),
-                 id="messages-nonstring-content"),
+    pytest.param(
+        "messages",
+        {"messages": [_U, {"role": "assistant", "content": [{"type": "text"}]}]},
+        "bad_type",
+        "messages[1].content",
+        id="messages-nonstring-content",
+    ),
     ("sharegpt", {"conversations": {"from": "human"}}, "bad_type", "conversations"),
     ("sharegpt", {"conversations": [_HUMAN, ["gpt", "A"]]}, "bad_type", "conversations[1]"),
-    ("sharegpt", {"conversations": [_HUMAN, {"from": "gpt", "value": 4}]}, "bad_type",
-     "conversations[1].value"),
+    (
+        "sharegpt",
+        {"conversations": [_HUMAN, {"from": "gpt", "value": 4}]},
+        "bad_type",
+        "conversations[1].value",
+    ),
     # unknown roles
-    ("messages", {"messages": [{"role": "robot", "content": "Q"}, _A]}, "unknown_role",
-     "messages[0].role"),
-    ("messages", {"messages": [_U, _A, {"role": "human", "content": "Q2"}]}, "unknown_role",
-     "messages[2].role"),
-    ("sharegpt", {"conversations": [{"from": "robot", "value": "Q"}, _GPT]}, "unknown_role",
-     "conversations[0].from"),
+    (
+        "messages",
+        {"messages": [{"role": "robot", "content": "Q"}, _A]},
+        "unknown_role",
+        "messages[0].role",
+    ),
+    (
+        "messages",
+        {"messages": [_U, _A, {"role": "human", "content": "Q2"}]},
+        "unknown_role",
+        "messages[2].role",
+    ),
+    (
+        "sharegpt",
+        {"conversations": [{"from": "robot", "value": "Q"}, _GPT]},
+        "unknown_role",
+        "conversations[0].from",
+    ),
     # empty assistant content
-    ("messages", {"messages": [_U, {"role": "assistant", "content": ""}]}, "empty_assistant",
-     "messages[1].content"),
-    ("messages", {"messages": [_U, {"role": "assistant", "content": " \n\t"}]},
-     "empty_assistant", "messages[1].content"),
-    ("prompt_completion", {"prompt": "Q", "completion": "  "}, "empty_assistant",
-     "messages[1].content"),
-    pytest.param("sharegpt", {"conversations": [_HUMAN, {"from": "gpt", "value": "  "}]},
-                 "empty_assistant", "conversations[1].value",
-                 marks=_field_bug("an empty ShareGPT reply is reported at 'messages[1].content', "
-                                  "a key path that does not exist in the record"),
-                 id="sharegpt-empty-assistant"),
-    pytest.param("alpaca", {"instruction": "Q", "output": ""}, "empty_assistant", "output",
-                 marks=_field_bug("an empty Alpaca output is reported at 'messages[1].content', "
-                                  "a key path that does not exist in the record"),
-                 id="alpaca-empty-output"),
+    (
+        "messages",
+        {"messages": [_U, {"role": "assistant", "content": ""}]},
+        "empty_assistant",
+        "messages[1].content",
+    ),
+    (
+        "messages",
+        {"messages": [_U, {"role": "assistant", "content": " \n\t"}]},
+        "empty_assistant",
+        "messages[1].content",
+    ),
+    (
+        "prompt_completion",
+        {"prompt": "Q", "completion": "  "},
+        "empty_assistant",
+        "completion",
+    ),
+    pytest.param(
+        "sharegpt",
+        {"conversations": [_HUMAN, {"from": "gpt", "value": "  "}]},
+        "empty_assistant",
+        "conversations[1].value",
+        id="sharegpt-empty-assistant",
+    ),
+    pytest.param(
+        "alpaca",
+        {"instruction": "Q", "output": ""},
+        "empty_assistant",
+        "output",
+        id="alpaca-empty-output",
+    ),
     # no assistant message
     ("messages", {"messages": [_U]}, "no_assistant", None),
     ("messages", {"messages": []}, "no_assistant", None),
-    ("sharegpt", {"conversations": [_HUMAN, {"from": "system", "value": "S"}]}, "no_assistant",
-     None),
+    (
+        "sharegpt",
+        {"conversations": [_HUMAN, {"from": "system", "value": "S"}]},
+        "no_assistant",
+        None,
+    ),
 ]
 
 
@@ -243,8 +299,11 @@ def test_bad_record(fmt: str, record: dict[str, Any], kind: str, field: str | No
 
 
 def test_validate_returns_the_messages_unchanged() -> None:
-    messages = [{"role": "user", "content": "Q"}, {"role": "tool", "content": "{}"},
-                {"role": "assistant", "content": "A", "train": True}]
+    messages = [
+        {"role": "user", "content": "Q"},
+        {"role": "tool", "content": "{}"},
+        {"role": "assistant", "content": "A", "train": True},
+    ]
     assert validate(messages) is messages
 
 
@@ -260,8 +319,7 @@ def _trained_texts(tok: Any, enc: Encoded) -> list[str]:
             runs[-1].append(t)
         else:
             runs.append([t])
-    return [tok.decode([enc.input_ids[t] for t in run], skip_special_tokens=False)
-            for run in runs]
+    return [tok.decode([enc.input_ids[t] for t in run], skip_special_tokens=False) for run in runs]
 
 
 TWO_TURNS = [
@@ -277,8 +335,9 @@ def test_assistant_first_message_is_a_template_error(tiny_tokenizer) -> None:
     with pytest.raises(TemplateError, match="message 0"):
         encode_conversation(messages, tiny_tokenizer, chat_template="chatml")
     # Untrained, a leading assistant message is only context.
-    enc = encode_conversation(messages, tiny_tokenizer, chat_template="chatml",
-                              masking="last_assistant")
+    enc = encode_conversation(
+        messages, tiny_tokenizer, chat_template="chatml", masking="last_assistant"
+    )
     assert _trained_texts(tiny_tokenizer, enc) == ["Goodbye friend<|im_end|>"]
 
 
@@ -305,8 +364,9 @@ def test_missing_end_of_turn_token_is_a_template_error(tiny_tokenizer) -> None:
     with pytest.raises(TemplateError, match="train_on_eot") as err:
         encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=MY_TEMPLATE)
     assert "message 1" in str(err.value)
-    enc = encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=MY_TEMPLATE,
-                              train_on_eot=False)
+    enc = encode_conversation(
+        TWO_TURNS, tiny_tokenizer, chat_template=MY_TEMPLATE, train_on_eot=False
+    )
     assert _trained_texts(tiny_tokenizer, enc) == ["Hello friend", "Goodbye friend"]
 
 
@@ -320,12 +380,10 @@ def test_masking_that_selects_a_user_message_is_a_template_error(tiny_tokenizer)
     messages = [dict(m) for m in TWO_TURNS]
     messages[0]["train"] = True
     with pytest.raises(TemplateError, match="message 0 with role 'user'"):
-        encode_conversation(messages, tiny_tokenizer, chat_template="chatml",
-                            masking="per_message")
+        encode_conversation(messages, tiny_tokenizer, chat_template="chatml", masking="per_message")
 
 
 def test_nothing_selected_is_an_error(tiny_tokenizer) -> None:
     messages = [dict(m, train=False) for m in TWO_TURNS]
     with pytest.raises(ValueError, match="selected no message"):
-        encode_conversation(messages, tiny_tokenizer, chat_template="chatml",
-                            masking="per_message")
+        encode_conversation(messages, tiny_tokenizer, chat_template="chatml", masking="per_message")
