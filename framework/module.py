@@ -65,6 +65,7 @@ class SFTModule(pl.LightningModule):
         self.val_loss_sum, self.val_nll_sum, self.val_tokens = SumMetric(), SumMetric(), SumMetric()
         self._window_loss = 0.0
         self._step_started: float | None = None
+        self._step_lr = 0.0
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -81,6 +82,7 @@ class SFTModule(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._step_started is None:  # first micro-batch of an optimizer step
             self._step_started = time.perf_counter()
+            self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._is_window_end(batch_idx):  # after backward and the optimizer step
@@ -109,6 +111,7 @@ class SFTModule(pl.LightningModule):
         elapsed = time.perf_counter() - (self._step_started or time.perf_counter())
         loss = torch.tensor(self._window_loss, device=self.device)
         self.log("train/loss", loss, reduce_fx="sum", sync_dist=True, prog_bar=True, batch_size=1)
+        self.log("train/lr", self._step_lr, batch_size=1)
         if elapsed > 0:
             self.log_dict({
                 "perf/tokens_per_s": batch["num_window_all_tokens"].float() / elapsed,
@@ -166,4 +169,4 @@ class SFTModule(pl.LightningModule):
             optimizer, lambda s: lr_lambda(s, warmup=warmup, total=total, schedule=o.scheduler,
                                            min_ratio=o.min_lr_ratio))
         return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

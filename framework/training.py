@@ -40,10 +40,10 @@ def trainer_arguments(recipe: Recipe, output_dir: Path) -> dict[str, Any]:
     return args
 
 
-def _callbacks(recipe: Recipe, output_dir: Path, logger: Any) -> list[Any]:
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+def _callbacks(recipe: Recipe, output_dir: Path) -> list[Any]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    callbacks: list[Any] = [LearningRateMonitor(logging_interval="step")] if logger else []
+    callbacks: list[Any] = []
     if recipe.train.checkpoint_every_n_steps:
         callbacks.append(ModelCheckpoint(
             dirpath=str(output_dir / "checkpoints"), filename="step-{step}",
@@ -78,8 +78,13 @@ def _save_final(module: SFTModule, tokenizer: Any, dm: SFTDataModule, output_dir
     return final
 
 
-def run_recipe(recipe: Recipe) -> dict[str, Any]:
-    """Train as the recipe says; returns (and writes to ``summary.json``) the run summary."""
+def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Train as the recipe says; returns (and writes to ``summary.json``) the run summary.
+
+    Args:
+        recipe: the loaded recipe.
+        callbacks: extra Lightning callbacks (for programmatic use).
+    """
     pm = build_plugin_manager(recipe.plugins)
     registry = build_registry(pm)
     validate_components(recipe, registry)
@@ -89,7 +94,8 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     dm = SFTDataModule(recipe, tokenizer, pm, registry)
     module = SFTModule(recipe, pm, registry)
     logger = make_logger(recipe, output_dir)
-    trainer = pl.Trainer(logger=logger, callbacks=_callbacks(recipe, output_dir, logger),
+    trainer = pl.Trainer(logger=logger,
+                         callbacks=_callbacks(recipe, output_dir) + list(callbacks or []),
                          **trainer_arguments(recipe, output_dir))
     dm.setup("fit")
     module.configure_model()

@@ -56,3 +56,35 @@ def make_tokenizer():
         return tok
 
     return make
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def tiny_recipe(tmp_path):
+    """A recipe dict for a seconds-long CPU run on generated tasks (W&B off unless asked)."""
+    from tempering.assets_build import generate_tasks
+
+    train = write_jsonl(tmp_path / "train.jsonl", generate_tasks(64, seed=11))
+    val = write_jsonl(tmp_path / "val.jsonl", generate_tasks(12, seed=12))
+    return {
+        "name": "tiny",
+        "model": {"name_or_path": "bundled:tiny-llama", "init": "random", "dtype": "float32"},
+        "chat_template": "chatml",
+        "data": {
+            "train": [{"path": str(train), "format": "messages"}],
+            "validation": [{"path": str(val), "format": "messages"}],
+            "max_length": 128, "batch_size": 2, "cache_dir": str(tmp_path / "cache"),
+        },
+        "optim": {"lr": 1e-3, "warmup_steps": 2},
+        "train": {"output_dir": str(tmp_path / "run"), "seed": 3},
+        "eval": {"generate_samples": 0, "before_training": False},
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 6,
+                    "enable_progress_bar": False},
+        "wandb": {"mode": "disabled"},
+    }
