@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tempering.messages import BadRecordError
+from tempering.messages import FORMATS, BadRecordError
 from tempering.recipe import DataSource, resolve_bundled
 
 __all__ = ["DataError", "BadRecordLog", "Conversation", "read_source", "load_conversations"]
@@ -74,8 +74,7 @@ def _iter_json_file(path: Path) -> Iterator[tuple[str, Any]]:
 def _iter_datasets(source: DataSource, location: str) -> Iterator[tuple[str, Any]]:
     import datasets
 
-    path = Path(location)
-    if path.is_dir() and (path / "dataset_info.json").exists():
+    if Path(location).is_dir():
         ds = datasets.load_from_disk(location)
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[source.split]
@@ -89,14 +88,19 @@ def read_source(source: DataSource) -> Iterator[tuple[str, Any]]:
     """Yield ``(origin, raw record)`` pairs of one source, field-mapped, up to max_records."""
     location = resolve_bundled(source.path)
     path = Path(location).expanduser()
+    saved = path.is_dir() and any((path / f).exists() for f in ("dataset_info.json",
+                                                                "dataset_dict.json", "state.json"))
+    if not path.exists() and path.suffix in (".json", ".jsonl"):
+        raise DataError(f"data source {source.path!r}: no such file")
     if path.is_file():
         records: Iterator[tuple[str, Any]] = _iter_json_file(path)
-    elif path.is_dir() and any(path.glob("*.json*")) and not (path / "dataset_info.json").exists():
+    elif path.is_dir() and not saved and any(path.glob("*.json*")):
         records = (r for p in sorted(path.glob("*.json*")) for r in _iter_json_file(p))
-    elif path.exists() or location.startswith((".", "/")):
-        raise DataError(f"data source {source.path!r}: not a JSON/JSONL file or dataset directory")
+    elif saved or not (path.exists() or location.startswith((".", "/", "~"))):
+        records = _iter_datasets(source, location)  # save_to_disk folder or a hub id
     else:
-        records = _iter_datasets(source, location)
+        raise DataError(f"data source {source.path!r}: not a JSON/JSONL file, a folder of them, "
+                        "a saved dataset or a hub id")
     rename = {v: k for k, v in source.fields.items()}
     for n, (origin, record) in enumerate(records):
         if source.max_records is not None and n >= source.max_records:
@@ -135,7 +139,9 @@ def load_conversations(
                     raise record
                 messages = format_example(record=record, source=source)
                 if messages is None:
-                    raise BadRecordError("unformatted", "no format_example plugin handled it")
+                    raise DataError(
+                        f"data source {source.path!r}: no format_example plugin handles format "
+                        f"{source.format!r}; built-in formats: {', '.join(FORMATS)}")
             except BadRecordError as exc:
                 if on_bad_record == "error":
                     raise DataError(f"{_where(origin, exc)}: {exc} "

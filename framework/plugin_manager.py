@@ -78,11 +78,17 @@ def build_plugin_manager(
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     for plugin in extra_plugins:
         if isinstance(plugin, str):
-            if pm.has_plugin(plugin):
-                continue
-            pm.register(_import_plugin(plugin, "listed in the recipe's plugins"), name=plugin)
+            module = _import_plugin(plugin, "listed in the recipe's plugins")
+            if not pm.is_registered(module):  # also found through its entry point
+                pm.register(module, name=plugin)
         elif not pm.is_registered(plugin):
             pm.register(plugin)
+    known = [n for n in vars(pm.hook) if getattr(pm.hook, n).has_spec()]
+    for name, caller in vars(pm.hook).items():  # a misspelt hook fails loudly, with a hint
+        if not caller.has_spec() and caller.get_hookimpls():
+            plugin = caller.get_hookimpls()[0].plugin_name
+            raise ComponentError(f"plugin {plugin!r} implements unknown hook {name!r}"
+                                 f"{closest(name, known)}")
     pm.check_pending()
     return pm
 

@@ -35,8 +35,8 @@ class ModelConfig:
 @dataclass
 class DataSource:
     path: str = doc("JSON/JSONL file, a directory of them, `bundled:data/...`, or a datasets hub id.", "")
-    format: str = doc("Record format.", "auto",
-                      choices=("auto", "alpaca", "prompt_completion", "messages", "sharegpt"))
+    format: str = doc("Record format: auto, alpaca, prompt_completion, messages, sharegpt, or one a "
+                      "format_example plugin handles.", "auto")
     fields: dict[str, str] = doc("Map canonical field names to this source's keys, e.g. "
                                  "{instruction: question, output: answer}.", factory=dict)
     weight: float = doc("Sampling weight relative to other sources (1.0 = each record once).", 1.0)

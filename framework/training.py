@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from pathlib import Path
@@ -13,10 +14,10 @@ from tempering.evaluation import exact_match
 from tempering.models import load_tokenizer
 from tempering.module import SFTModule
 from tempering.plugin_manager import build_plugin_manager, build_registry
-from tempering.recipe import Recipe, validate_components
+from tempering.recipe import Recipe, RecipeError, validate_components
 from tempering.tracking import log_run_end, log_run_start, make_logger
 
-__all__ = ["run_recipe", "trainer_arguments"]
+__all__ = ["run_recipe", "trainer_arguments", "build_strategy"]
 
 _TRAINER_DEFAULTS: dict[str, Any] = {
     "accelerator": "auto",
@@ -36,8 +37,41 @@ def trainer_arguments(recipe: Recipe, output_dir: Path) -> dict[str, Any]:
     args = {**_TRAINER_DEFAULTS, "default_root_dir": str(output_dir), **recipe.trainer}
     if "max_steps" in recipe.trainer and "max_epochs" not in recipe.trainer:
         args["max_epochs"] = -1  # a step budget runs as many epochs as it needs
+    if isinstance(args.get("strategy"), dict):
+        args["strategy"] = build_strategy(args["strategy"])
     args["use_distributed_sampler"] = False  # the batch plan assigns micro-batches to ranks
     return args
+
+
+def _import_class(dotted: str) -> type:
+    module, _, name = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise RecipeError(f"trainer.strategy: cannot import {dotted!r}: {exc}") from None
+
+
+def build_strategy(spec: dict[str, Any]) -> Any:
+    """A Lightning strategy from ``{name: fsdp|ddp|deepspeed, ...its arguments}``.
+
+    For FSDP, ``auto_wrap_policy`` and ``activation_checkpointing_policy`` may list layer classes
+    by dotted path (``transformers.models.llama.modeling_llama.LlamaDecoderLayer``).
+    """
+    from lightning.pytorch import strategies
+
+    kwargs = dict(spec)
+    name = kwargs.pop("name", None)
+    classes = {"fsdp": strategies.FSDPStrategy, "ddp": strategies.DDPStrategy,
+               "deepspeed": strategies.DeepSpeedStrategy}
+    if name not in classes:
+        raise RecipeError(f"trainer.strategy.name: {name!r} is not one of {', '.join(classes)}")
+    for key in ("auto_wrap_policy", "activation_checkpointing_policy"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = {_import_class(c) for c in kwargs[key]}
+    try:
+        return classes[name](**kwargs)
+    except TypeError as exc:
+        raise RecipeError(f"trainer.strategy: {exc}") from None
 
 
 def _callbacks(recipe: Recipe, output_dir: Path) -> list[Any]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from tempering import hookimpl
-from tempering.messages import to_messages
+from tempering.messages import FORMATS, to_messages
 
 __all__ = ["format_example"]
 
 
 @hookimpl(trylast=True)
-def format_example(record: dict[str, Any], source: Any) -> list[dict[str, Any]]:
+def format_example(record: dict[str, Any], source: Any) -> list[dict[str, Any]] | None:
+    if source.format not in FORMATS:
+        return None  # a format only another plugin knows
     return to_messages(record, source.format, system_prompt=source.system_prompt)

@@ -1,0 +1,228 @@
+"""The plugin host: hooks, registration, discovery through recipes and entry points."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from tempering import hookspecs
+from tempering.plugin_manager import (
+    BUILTIN_PLUGINS,
+    ComponentError,
+    build_plugin_manager,
+    build_registry,
+)
+
+HOOKS = sorted(n for n, f in vars(hookspecs).items()
+               if inspect.isfunction(f) and hasattr(f, "tempering_spec"))
+
+
+def test_every_hook_has_a_builtin_implementation_a_docstring_and_a_test():
+    pm = build_plugin_manager(entry_points=False)
+    source = Path(__file__).read_text()
+    assert HOOKS, "no hookspecs found"
+    for name in HOOKS:
+        impls = getattr(pm.hook, name).get_hookimpls()
+        assert any(i.plugin_name in BUILTIN_PLUGINS for i in impls), name
+        assert (getattr(hookspecs, name).__doc__ or "").strip(), name
+        assert f"def test_{name}" in source, f"hook {name} has no test here"
+
+
+def test_a_fresh_plugin_manager_per_run_and_nothing_registered_at_import():
+    a, b = build_plugin_manager(entry_points=False), build_plugin_manager(entry_points=False)
+    assert a is not b
+    extra = type(sys)("extra_plugin")
+    b.register(extra)
+    assert not a.is_registered(extra)
+
+
+def _module(name: str, code: str):
+    mod = type(sys)(name)
+    exec(textwrap.dedent(code), mod.__dict__)
+    return mod
+
+
+def test_register_chat_templates():
+    mod = _module("tpl_plugin", """
+        from tempering import ChatTemplate, hookimpl
+        @hookimpl
+        def register_chat_templates():
+            return [ChatTemplate("plain", "{% for m in messages %}{{ m['content'] }}{% endfor %}")]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+    assert registry.get("chat_template", "plain").jinja.startswith("{% for")
+    assert registry.providers["chat_template"]["llama3"] == "tempering.plugins.chat_templates"
+
+
+def test_register_masking_strategies():
+    mod = _module("mask_plugin", """
+        from tempering import MaskingStrategy, hookimpl
+        @hookimpl
+        def register_masking_strategies():
+            return [MaskingStrategy("first_assistant", lambda ms: [
+                m["role"] == "assistant" and all(p["role"] != "assistant" for p in ms[:i])
+                for i, m in enumerate(ms)])]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+    select = registry.get("masking", "first_assistant").select
+    msgs = [{"role": "user"}, {"role": "assistant"}, {"role": "user"}, {"role": "assistant"}]
+    assert select(msgs) == [False, True, False, False]
+    assert {"all_assistant", "last_assistant", "per_message", "all"} <= set(registry.names("masking"))
+
+
+def test_register_objectives():
+    mod = _module("obj_plugin", """
+        from tempering import Objective, hookimpl
+        @hookimpl
+        def register_objectives():
+            return [Objective("zero", lambda s, l, t=None, **o: s.sum(-1) * 0)]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+    assert registry.get("objective", "zero").per_token(torch.ones(2, 3), None).tolist() == [0, 0]
+
+
+def test_duplicate_component_names_name_both_plugins():
+    mod = _module("dup_plugin", """
+        from tempering import ChatTemplate, hookimpl
+        @hookimpl
+        def register_chat_templates():
+            return [ChatTemplate("llama3", "{{ messages }}")]
+    """)
+    with pytest.raises(ComponentError, match="tempering.plugins.chat_templates.*dup_plugin"):
+        build_registry(build_plugin_manager([mod], entry_points=False))
+
+
+def test_a_misspelt_hook_fails_loudly_with_a_suggestion():
+    mod = _module("typo_plugin", """
+        from tempering import hookimpl
+        @hookimpl
+        def register_chat_template():
+            return []
+    """)
+    with pytest.raises(ComponentError, match="unknown hook 'register_chat_template'.*"
+                       "register_chat_templates"):
+        build_plugin_manager([mod], entry_points=False)
+
+
+def test_wrong_component_type_is_reported():
+    mod = _module("bad_plugin", """
+        from tempering import hookimpl
+        @hookimpl
+        def register_objectives():
+            return ["not an objective"]
+    """)
+    with pytest.raises(ComponentError, match="bad_plugin.*expected Objective"):
+        build_registry(build_plugin_manager([mod], entry_points=False))
+
+
+def test_format_example():
+    from tempering.recipe import DataSource
+
+    mod = _module("qa_plugin", """
+        from tempering import hookimpl
+        @hookimpl
+        def format_example(record, source):
+            if source.format != "qa":
+                return None
+            return [{"role": "user", "content": record["q"]},
+                    {"role": "assistant", "content": record["a"]}]
+    """)
+    pm = build_plugin_manager([mod], entry_points=False)
+    got = pm.hook.format_example(record={"q": "Q?", "a": "A."}, source=DataSource(format="qa"))
+    assert got == [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]
+    builtin = pm.hook.format_example(record={"prompt": "p", "completion": "c"},
+                                     source=DataSource(format="auto"))
+    assert builtin[1] == {"role": "assistant", "content": "c"}
+
+
+def test_compute_loss(tiny_tokenizer):
+    """The built-in loss, and a plugin wrapping it to add a term."""
+    from tempering.encoding import encode_conversation
+    from tempering.module import SFTModule
+    from tempering.packing import collate_padded
+    from tempering.recipe import load_recipe
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tests.conftest import TINY
+
+    mod = _module("loss_wrapper", """
+        from tempering import hookimpl
+        @hookimpl(wrapper=True)
+        def compute_loss(module, batch):
+            out = yield
+            out.loss_sum = out.loss_sum + 100.0
+            out.metrics["wrapped"] = 1.0
+            return out
+    """)
+    recipe = load_recipe({"data": {"train": [{"path": "x.jsonl"}]}})
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY))
+    enc = encode_conversation([{"role": "user", "content": "hi"},
+                               {"role": "assistant", "content": "yo"}], tiny_tokenizer,
+                              chat_template="chatml")
+    batch = collate_padded([{"input_ids": enc.input_ids, "labels": enc.labels}], 0)
+    plain_pm = build_plugin_manager(entry_points=False)
+    plain = SFTModule(recipe, plain_pm, build_registry(plain_pm), model=model)._loss(batch)
+    assert plain.num_tokens == enc.num_supervised - (enc.labels[0] != -100)
+    wrapped_pm = build_plugin_manager([mod], entry_points=False)
+    wrapped = SFTModule(recipe, wrapped_pm, build_registry(wrapped_pm), model=model)._loss(batch)
+    assert float(wrapped.loss_sum) == pytest.approx(float(plain.loss_sum) + 100.0)
+    assert wrapped.metrics == {"wrapped": 1.0}
+
+
+def test_recipe_listed_plugin_module(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_listed_plugin.py").write_text(textwrap.dedent("""
+        from tempering import ChatTemplate, hookimpl
+        @hookimpl
+        def register_chat_templates():
+            return [ChatTemplate("listed", "{{ messages[0]['content'] }}", "from a recipe")]
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from tempering.cli import main
+
+    assert main(["plugins", "--plugin", "my_listed_plugin"]) == 0
+    out = capsys.readouterr().out
+    assert "listed" in out and "my_listed_plugin" in out
+    assert main(["plugins", "--plugin", "no_such_plugin_module"]) == 2
+    assert "cannot import plugin module 'no_such_plugin_module'" in capsys.readouterr().err
+
+
+def test_a_plugin_installed_as_a_package_is_found_through_its_entry_point(tmp_path):
+    pkg = tmp_path / "src"
+    (pkg / "tempering_demo_plugin").mkdir(parents=True)
+    (pkg / "tempering_demo_plugin" / "__init__.py").write_text("")
+    (pkg / "tempering_demo_plugin" / "plugin.py").write_text(textwrap.dedent("""
+        from tempering import ChatTemplate, hookimpl
+        @hookimpl
+        def register_chat_templates():
+            return [ChatTemplate("demo", "{{ messages[0]['content'] }}", "installed demo")]
+    """))
+    (pkg / "pyproject.toml").write_text(textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "tempering-demo-plugin"
+        version = "0.0.1"
+        [project.entry-points.tempering]
+        demo = "tempering_demo_plugin.plugin"
+        [tool.setuptools]
+        packages = ["tempering_demo_plugin"]
+    """))
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(pkg)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get(
+        "PYTHONPATH", "")])}
+    listing = subprocess.run([sys.executable, "-m", "tempering.cli", "plugins"],
+                             capture_output=True, text=True, env=env)
+    assert listing.returncode == 0, listing.stderr
+    demo = [line for line in listing.stdout.splitlines() if line.strip().startswith("demo ")]
+    assert demo and "installed demo" in demo[0] and " demo " in demo[0]
