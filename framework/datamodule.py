@@ -29,6 +29,7 @@ class PlanLoader:
         self.lengths: list[int] = list(dataset["length"])
         self.supervised: list[int] = list(dataset["num_supervised"])
         self._resume: dict[str, int] | None = None
+        self._cached: tuple[tuple[int, int], list[list[list[int]]]] | None = None
 
     def _world(self) -> tuple[int, int, int]:
         trainer = self.dm.trainer
@@ -41,11 +42,14 @@ class PlanLoader:
         return self.dm.trainer.current_epoch if (self.train and self.dm.trainer) else 0
 
     def _plan(self) -> list[list[list[int]]]:
-        d = self.dm.recipe.data
-        return plan_epoch(self.lengths, batch_size=d.batch_size, max_length=d.max_length,
-                          packing=d.packing, group_by_length=d.group_by_length and self.train,
-                          seed=self.dm.recipe.train.seed, epoch=self._epoch(),
-                          world_size=self._world()[1])
+        key = (self._epoch(), self._world()[1])
+        if self._cached is None or self._cached[0] != key:
+            d = self.dm.recipe.data
+            plan = plan_epoch(self.lengths, batch_size=d.batch_size, max_length=d.max_length,
+                              packing=d.packing, group_by_length=d.group_by_length and self.train,
+                              seed=self.dm.recipe.train.seed, epoch=key[0], world_size=key[1])
+            self._cached = (key, plan)
+        return self._cached[1]
 
     def __len__(self) -> int:
         return len(self._plan()) // self._world()[1]
@@ -73,7 +77,8 @@ class PlanLoader:
         return {"epoch": trainer.current_epoch, "consumed": loop.batch_progress.current.processed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume = dict(state)
+        if self.train and state:
+            self._resume = dict(state)
 
 
 class SFTDataModule(pl.LightningDataModule):

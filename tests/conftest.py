@@ -88,3 +88,18 @@ def tiny_recipe(tmp_path):
                     "enable_progress_bar": False},
         "wandb": {"mode": "disabled"},
     }
+
+
+def trained_texts(tok, enc) -> list[str]:
+    """Decoded text of every contiguous run of trained tokens of an Encoded."""
+    from tempering.encoding import IGNORE_INDEX
+
+    runs: list[list[int]] = []
+    for t, label in enumerate(enc.labels):
+        if label == IGNORE_INDEX:
+            continue
+        if runs and runs[-1][-1] == t - 1:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    return [tok.decode([enc.input_ids[t] for t in run], skip_special_tokens=False) for run in runs]

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tempering.encoding import IGNORE_INDEX, Encoded, encode_conversation
+from tempering.encoding import IGNORE_INDEX, encode_conversation
 from tempering.plugin_manager import build_plugin_manager, build_registry
 from tempering.templates import TemplateError, resolve_chat_template
+
+from tests.conftest import trained_texts
 
 BUILTIN_MODULE = "tempering.plugins.chat_templates"
 
@@ -40,26 +42,6 @@ def _ids(tok: Any, jinja: str, messages: list[dict[str, Any]], gen: bool) -> lis
         messages, chat_template=jinja, tokenize=True, add_generation_prompt=gen
     )
     return list(out["input_ids"])
-
-
-def _trained_texts(tok: Any, enc: Encoded) -> list[str]:
-    """Decoded text of every contiguous run of trained tokens."""
-    runs: list[list[int]] = []
-    for t, label in enumerate(enc.labels):
-        if label == IGNORE_INDEX:
-            continue
-        if runs and runs[-1][-1] == t - 1:
-            runs[-1].append(t)
-        else:
-            runs.append([t])
-    return [
-        tok.decode(
-            [enc.input_ids[t] for t in run],
-            skip_special_tokens=False,
-            clean_up_tokenization_spaces=False,
-        )
-        for run in runs
-    ]
 
 
 # -- conversations for the parity tests --------------------------------------------------------
@@ -297,7 +279,7 @@ def test_builtin_template_encodes_multi_turn(
         assert covered, f"{name}: message {index} has no trained token"
         assert enc.input_ids[covered[-1]] == eot_id
         assert enc.text[start:end].endswith(eot)
-    texts = _trained_texts(tok, enc)
+    texts = trained_texts(tok, enc)
     assert len(texts) == len(assistants)
     for text, index in zip(texts, assistants, strict=True):
         assert messages[index]["content"].strip() in text
@@ -324,7 +306,7 @@ def test_tokenizer_spec_uses_the_tokenizers_own_template(spec, registry, tiny_to
     enc = encode_conversation(TWO_TURNS, tok, chat_template=spec, registry=registry)
     assert enc.text == tok.apply_chat_template(TWO_TURNS, tokenize=False)
     assert enc.input_ids == list(tok.apply_chat_template(TWO_TURNS, tokenize=True)["input_ids"])
-    assert _trained_texts(tok, enc) == ["Hello.<|im_end|>", "Goodbye.<|im_end|>"]
+    assert trained_texts(tok, enc) == ["Hello.<|im_end|>", "Goodbye.<|im_end|>"]
 
 
 def test_tokenizer_spec_without_a_template_is_an_error(registry, tiny_tokenizer) -> None:
@@ -353,7 +335,7 @@ def test_jinja_file_spec(tmp_path: Path, registry, tiny_tokenizer) -> None:
         "<|start_header_id|>assistant<|end_header_id|>\nGoodbye.<|eot_id|>"
     )
     assert enc.input_ids == _ids(tiny_tokenizer, CUSTOM, TWO_TURNS, False)
-    assert _trained_texts(tiny_tokenizer, enc) == ["Hello.<|eot_id|>", "Goodbye.<|eot_id|>"]
+    assert trained_texts(tiny_tokenizer, enc) == ["Hello.<|eot_id|>", "Goodbye.<|eot_id|>"]
 
 
 def test_inline_jinja_spec(registry, tiny_tokenizer) -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tempering.encoding import IGNORE_INDEX, Encoded, encode_conversation
+from tempering.encoding import IGNORE_INDEX, encode_conversation
 from tempering.messages import BadRecordError, detect_format, to_messages, validate
 from tempering.templates import TemplateError
+
+from tests.conftest import trained_texts
 
 # -- readers ----------------------------------------------------------------------------------
 
@@ -310,18 +312,6 @@ def test_validate_returns_the_messages_unchanged() -> None:
 # -- the encoder on unusable conversations ---------------------------------------------------
 
 
-def _trained_texts(tok: Any, enc: Encoded) -> list[str]:
-    runs: list[list[int]] = []
-    for t, label in enumerate(enc.labels):
-        if label == IGNORE_INDEX:
-            continue
-        if runs and runs[-1][-1] == t - 1:
-            runs[-1].append(t)
-        else:
-            runs.append([t])
-    return [tok.decode([enc.input_ids[t] for t in run], skip_special_tokens=False) for run in runs]
-
-
 TWO_TURNS = [
     {"role": "user", "content": "Hi there"},
     {"role": "assistant", "content": "Hello friend"},
@@ -338,7 +328,7 @@ def test_assistant_first_message_is_a_template_error(tiny_tokenizer) -> None:
     enc = encode_conversation(
         messages, tiny_tokenizer, chat_template="chatml", masking="last_assistant"
     )
-    assert _trained_texts(tiny_tokenizer, enc) == ["Goodbye friend<|im_end|>"]
+    assert trained_texts(tiny_tokenizer, enc) == ["Goodbye friend<|im_end|>"]
 
 
 def test_train_on_eot_false_leaves_the_end_of_turn_untrained(tiny_tokenizer) -> None:
@@ -347,8 +337,8 @@ def test_train_on_eot_false_leaves_the_end_of_turn_untrained(tiny_tokenizer) -> 
     with_eot = encode_conversation(TWO_TURNS, tok, chat_template="chatml")
     without = encode_conversation(TWO_TURNS, tok, chat_template="chatml", train_on_eot=False)
     assert with_eot.input_ids == without.input_ids
-    assert _trained_texts(tok, with_eot) == ["Hello friend<|im_end|>", "Goodbye friend<|im_end|>"]
-    assert _trained_texts(tok, without) == ["Hello friend", "Goodbye friend"]
+    assert trained_texts(tok, with_eot) == ["Hello friend<|im_end|>", "Goodbye friend<|im_end|>"]
+    assert trained_texts(tok, without) == ["Hello friend", "Goodbye friend"]
     assert eot not in [label for label in without.labels if label != IGNORE_INDEX]
     assert with_eot.num_supervised == without.num_supervised + 2
 
@@ -367,13 +357,13 @@ def test_missing_end_of_turn_token_is_a_template_error(tiny_tokenizer) -> None:
     enc = encode_conversation(
         TWO_TURNS, tiny_tokenizer, chat_template=MY_TEMPLATE, train_on_eot=False
     )
-    assert _trained_texts(tiny_tokenizer, enc) == ["Hello friend", "Goodbye friend"]
+    assert trained_texts(tiny_tokenizer, enc) == ["Hello friend", "Goodbye friend"]
 
 
 def test_registering_the_marker_makes_it_the_end_of_turn(make_tokenizer) -> None:
     tok = make_tokenizer(MY_TEMPLATE)
     enc = encode_conversation(TWO_TURNS, tok, chat_template=MY_TEMPLATE)
-    assert _trained_texts(tok, enc) == ["Hello friend<|my_end|>", "Goodbye friend<|my_end|>"]
+    assert trained_texts(tok, enc) == ["Hello friend<|my_end|>", "Goodbye friend<|my_end|>"]
 
 
 def test_masking_that_selects_a_user_message_is_a_template_error(tiny_tokenizer) -> None:

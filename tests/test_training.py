@@ -14,7 +14,7 @@ from tempering.recipe import load_recipe
 from tempering.training import run_recipe
 
 from tests.conftest import write_jsonl
-from tests.wandb_offline import read_run
+from tests.wandb_offline import read_run, records
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -27,6 +27,10 @@ def test_run_tracks_everything_in_wandb_offline(tiny_recipe, tmp_path):
     tiny_recipe["wandb"] = {"mode": "offline", "log_examples": 4, "log_model": True}
     tiny_recipe["eval"] = {"generate_samples": 3, "max_new_tokens": 8, "before_training": True}
     tiny_recipe["trainer"].update(max_steps=6, log_every_n_steps=1, val_check_interval=3)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [\n')
+    tiny_recipe["data"]["train"].append({"path": str(bad)})
+    tiny_recipe["data"]["on_bad_record"] = "skip"
     summary = run_recipe(load_recipe(tiny_recipe))
 
     assert summary["global_step"] == 6 and summary["exact_match"] is not None
@@ -49,14 +53,15 @@ def test_run_tracks_everything_in_wandb_offline(tiny_recipe, tmp_path):
     assert logged["config"]["masking"] == "all_assistant"
     assert logged["config"]["tokenizer/vocab_size"] > 100
     assert logged["summary"]["global_step"] == 6
+    assert logged["summary"]["skipped/malformed_json"] == 1
+    assert logged["config"]["data/stats"]["skipped_records"] == {"malformed_json": 1}
     tables = list(run_dir.glob("files/media/table/train/examples*.table.json"))
     assert tables, "no examples table"
     table = json.loads(tables[0].read_text())
     assert table["columns"][:3] == ["origin", "text", "trained"] and len(table["data"]) == 4
     assert all("[[" in row[1] and "<|im_end|>" in row[2] for row in table["data"])
-    assert any(r.WhichOneof("record_type") == "artifact"
-               for r in __import__("tests.wandb_offline", fromlist=["records"]).records(
-                   next(run_dir.glob("run-*.wandb"))))
+    log = records(next(run_dir.glob("run-*.wandb")))
+    assert any(r.WhichOneof("record_type") == "artifact" for r in log)
 
 
 class _KillAt(Callback):
