@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from tempering.data_sources import Conversation
 from tempering.encoding import ConversationEncoder
 
@@ -43,7 +44,7 @@ def exact_match(model: Any, tokenizer: Any, encoder: ConversationEncoder,
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     device = next(model.parameters()).device
     hits, examples = 0, []
-    for conv in items:
+    for conv in tqdm(items, desc="Generating held-out answers", leave=False):
         prompt = encoder.render(conv.messages[:-1], add_generation_prompt=True)
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
