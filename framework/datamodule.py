@@ -108,7 +108,8 @@ class SFTDataModule(pl.LightningDataModule):
     # -- Lightning hooks --------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        self._build()  # fills the tokenization cache on local rank 0
+        if not self._prepared:
+            self._build()  # fills the tokenization cache on local rank 0
 
     def setup(self, stage: str | None = None) -> None:
         if not self._prepared:
