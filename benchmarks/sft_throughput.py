@@ -131,6 +131,7 @@ def load_messages(s: dict[str, Any]) -> list[list[dict[str, str]]]:
 def run_tempering(s: dict[str, Any], work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     import lightning.pytorch as pl
+
     from tempering import training
     from tempering.recipe import load_recipe
 

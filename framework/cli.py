@@ -61,9 +61,10 @@ def _check_sample(encoder: Any, tokenizer: Any, messages: list[dict[str, Any]]) 
 
 
 def _cmd_check_template(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
     from tempering.encoding import ConversationEncoder
     from tempering.recipe import resolve_bundled
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_bundled(args.tokenizer))
     spec = None if args.chat_template in (None, "tokenizer") else args.chat_template
@@ -174,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; user errors print one line and exit 2."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from tempering.data_sources import DataError
     from tempering.plugin_manager import ComponentError
     from tempering.recipe import RecipeError

@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+
 from tempering.data_sources import BadRecordLog, Conversation, load_conversations
 from tempering.encoding import IGNORE_INDEX, ConversationEncoder
 from tempering.packing import collate_packed, collate_padded, plan_epoch, window_totals

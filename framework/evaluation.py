@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+
 from tempering.data_sources import Conversation
 from tempering.encoding import ConversationEncoder
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tempering.encoding import IGNORE_INDEX
 from torch.utils.checkpoint import checkpoint
+
+from tempering.encoding import IGNORE_INDEX
 
 __all__ = ["LossOutput", "forward_hidden", "project_logits", "chunked_per_token", "supervised_loss"]
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from tempering.recipe import ModelConfig, RecipeError, resolve_bundled
 
 __all__ = ["load_tokenizer", "load_model", "has_weights"]

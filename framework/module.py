@@ -16,10 +16,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torchmetrics import SumMetric
+
 from tempering.losses import LossOutput, chunked_per_token
 from tempering.models import load_model
 from tempering.recipe import Recipe
-from torchmetrics import SumMetric
 
 __all__ = ["SFTModule", "lr_lambda"]
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
 from tempering.encoding import IGNORE_INDEX
 
 __all__ = ["best_fit_decreasing", "plan_epoch", "window_totals", "collate_packed",

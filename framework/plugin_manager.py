@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
+
 from tempering import hookspecs
 from tempering.components import ChatTemplate, MaskingStrategy, Objective
 

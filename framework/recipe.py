@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from tempering.plugin_manager import closest
 from tempering.recipe_schema import (
     DataConfig,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+
 from tempering.datamodule import SFTDataModule
 from tempering.evaluation import exact_match
 from tempering.models import load_tokenizer
@@ -104,9 +105,26 @@ def _evaluate(module: SFTModule, dm: SFTDataModule, recipe: Recipe, tokenizer: A
                        limit=recipe.eval.generate_samples)
 
 
-def _save_final(module: SFTModule, tokenizer: Any, dm: SFTDataModule, output_dir: Path) -> Path:
+def _gathered_state_dict(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """The full model state dict under FSDP (a collective: every rank calls it), else None."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return None
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    root = trainer.strategy.model  # FSDP around the LightningModule: keys start with "model."
+    config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+    with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
+        full = root.state_dict()
+    return {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
+
+
+def _save_final(module: SFTModule, tokenizer: Any, dm: SFTDataModule, output_dir: Path,
+                state_dict: dict[str, Any] | None) -> Path:
     final = output_dir / "final"
-    module.model.save_pretrained(final)
+    module.model.save_pretrained(final, state_dict=state_dict)
     tokenizer.chat_template = dm.encoder.template.jinja  # the template it was trained with
     tokenizer.save_pretrained(final)
     return final
@@ -149,16 +167,21 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     summary["global_step"] = trainer.global_step
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     summary.update({k.replace("/", "_"): v for k, v in metrics.items()})
+    gathered = _gathered_state_dict(trainer) if recipe.train.save_final else None
     if not trainer.is_global_zero:
         return summary
+    # Generation needs the whole model on one process: evaluated in single-process runs only.
     after = _evaluate(module, dm, recipe, tokenizer) if single else None
+    if not single and recipe.eval.generate_samples > 0:
+        summary["eval_skipped"] = "generation eval runs in single-process runs only"
     if before:
         summary["exact_match_before"] = before["exact_match"]
     if after:
         summary["exact_match"] = after["exact_match"]
         summary["eval_examples"] = after["examples"]
         summary["eval_samples"] = after["samples"]
-    final = _save_final(module, tokenizer, dm, output_dir) if recipe.train.save_final else None
+    final = (_save_final(module, tokenizer, dm, output_dir, gathered)
+             if recipe.train.save_final else None)
     summary["final_model"] = str(final) if final else None
     log_run_end(logger, recipe, summary, final)
     output_dir.mkdir(parents=True, exist_ok=True)

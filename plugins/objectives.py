@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from tempering import Objective, hookimpl
 
 __all__ = ["cross_entropy"]

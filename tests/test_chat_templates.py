@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tempering.encoding import IGNORE_INDEX, encode_conversation
 from tempering.plugin_manager import build_plugin_manager, build_registry
 from tempering.templates import TemplateError, resolve_chat_template
-
 from tests.conftest import trained_texts
 
 BUILTIN_MODULE = "tempering.plugins.chat_templates"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from tempering.cli import main
 
+from tempering.cli import main
 from tests.conftest import SHARED, TINY
 
 

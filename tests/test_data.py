@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from tempering.data_sources import BadRecordLog, load_conversations
 from tempering.encoding import ConversationEncoder
 from tempering.plugin_manager import build_plugin_manager
 from tempering.recipe import DataSource
 from tempering.tokenize import tokenize_conversations
-
 from tests.conftest import write_jsonl
 
 
@@ -93,7 +93,6 @@ def test_tokenization_is_cached_by_fingerprint(tmp_path, tiny_tokenizer, monkeyp
 
 def test_bundled_assets_are_what_the_builder_produces(tmp_path):
     from tempering.assets_build import build
-
     from tests.conftest import ROOT
 
     build(tmp_path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tempering.encoding import IGNORE_INDEX, Encoded, encode_conversation
 from tempering.templates import TemplateError
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from tempering.encoding import IGNORE_INDEX
 from tempering.losses import chunked_per_token, project_logits, supervised_loss
-
 from tests.conftest import TINY
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tempering.encoding import IGNORE_INDEX, encode_conversation
 from tempering.messages import BadRecordError, detect_format, to_messages, validate
 from tempering.templates import TemplateError
-
 from tests.conftest import trained_texts
 
 # -- readers ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+
 from tempering.encoding import IGNORE_INDEX, encode_conversation
 from tempering.losses import forward_hidden, project_logits
 from tempering.packing import (
@@ -15,7 +16,6 @@ from tempering.packing import (
     plan_epoch,
     window_totals,
 )
-
 from tests.conftest import TINY
 
 
@@ -60,8 +60,9 @@ def test_window_totals_sum_every_rank_and_micro_batch_of_a_step():
 
 @pytest.fixture()
 def model_and_examples(tiny_tokenizer):
-    from tempering.assets_build import generate_tasks
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tempering.assets_build import generate_tasks
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY)).float().eval()

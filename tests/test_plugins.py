@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from tempering import hookspecs
 from tempering.plugin_manager import (
     BUILTIN_PLUGINS,
@@ -143,12 +144,12 @@ def test_format_example():
 
 def test_compute_loss(tiny_tokenizer):
     """The built-in loss, and a plugin wrapping it to add a term."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     from tempering.encoding import encode_conversation
     from tempering.module import SFTModule
     from tempering.packing import collate_padded
     from tempering.recipe import load_recipe
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from tests.conftest import TINY
 
     mod = _module("loss_wrapper", """

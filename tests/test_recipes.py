@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tempering.plugin_manager import build_plugin_manager, build_registry
 from tempering.recipe import RecipeError, bundled_recipes, load_recipe, validate_components
 from tempering.training import build_strategy, trainer_arguments

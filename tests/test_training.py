@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+
 from tempering.cli import main
 from tempering.plugins.chat_templates import CHATML
 from tempering.recipe import load_recipe
 from tempering.training import run_recipe
-
 from tests.conftest import write_jsonl
 from tests.wandb_offline import read_run, records
 
