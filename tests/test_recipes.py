@@ -89,3 +89,25 @@ def test_overrides_parse_yaml_values_and_reach_lists():
 def test_a_missing_recipe_suggests_bundled_names():
     with pytest.raises(RecipeError, match="did you mean 'sft-quickstart'"):
         load_recipe("sft-quikstart")
+
+
+@pytest.mark.parametrize("name", ["sft-qwen2.5-0.5b", "sft-llama3-8b-fsdp"])
+def test_real_model_recipes_run_on_cpu_with_the_tiny_model_swapped_in(name, tmp_path):
+    """Only the model, data location and hardware change; everything else runs as written."""
+    from tempering.training import run_recipe
+
+    overrides = [
+        "model.name_or_path=bundled:tiny-llama", "model.init=random", "model.dtype=float32",
+        "data.train=[{path: bundled:data/tasks_train.jsonl, format: messages, max_records: 120}]",
+        "data.validation=[{path: bundled:data/tasks_eval.jsonl, format: messages, "
+        "max_records: 12}]",
+        "data.max_length=256", "data.num_proc=1", f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=auto",
+        "trainer.precision=32", "trainer.max_steps=2", "trainer.val_check_interval=2",
+        "trainer.accumulate_grad_batches=2", "trainer.enable_progress_bar=false",
+        "wandb.mode=disabled", "eval.generate_samples=1", "eval.max_new_tokens=4",
+        "train.checkpoint_every_n_steps=null", f"train.output_dir={tmp_path / 'run'}",
+    ]
+    summary = run_recipe(load_recipe(name, overrides))
+    assert summary["global_step"] == 2 and summary["val_loss"] > 0
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
