@@ -99,7 +99,8 @@ def tiny_llama_config(tokenizer: Any) -> Any:
     return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352,
         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=True,
+        max_position_embeddings=1024, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )

@@ -74,8 +74,11 @@ class PlanLoader:
 
     def state_dict(self) -> dict[str, int]:
         trainer = self.dm.trainer
-        loop = trainer.fit_loop.epoch_loop
-        return {"epoch": trainer.current_epoch, "consumed": loop.batch_progress.current.processed}
+        if not self.train or trainer is None:
+            return {}
+        # micro-batches whose training step ran this epoch (saved after on_train_batch_end)
+        progress: Any = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": trainer.current_epoch, "consumed": progress.processed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if self.train and state:

@@ -44,7 +44,8 @@ def exact_match(model: Any, tokenizer: Any, encoder: ConversationEncoder,
     stops = stop_token_ids(tokenizer, model, encoder, items[0].messages)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     device = next(model.parameters()).device
-    hits, examples = 0, []
+    hits = 0
+    examples: list[dict[str, Any]] = []
     for conv in tqdm(items, desc="Generating held-out answers", leave=False):
         prompt = encoder.render(conv.messages[:-1], add_generation_prompt=True)
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)

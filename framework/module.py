@@ -156,7 +156,8 @@ class SFTModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.recipe.optim
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)

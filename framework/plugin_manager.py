@@ -35,7 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 )
 
 # kind -> (registration hook, component class)
-_KINDS: dict[str, tuple[str, type]] = {
+_KINDS: dict[str, tuple[str, Any]] = {
     "chat_template": ("register_chat_templates", ChatTemplate),
     "masking": ("register_masking_strategies", MaskingStrategy),
     "objective": ("register_objectives", Objective),
@@ -121,7 +121,8 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
         hook = getattr(pm.hook, hook_name)
         for impl in hook.get_hookimpls():  # registration order: built-ins first
             plugin_name = impl.plugin_name
-            for component in impl.function() or []:
+            components: list[Any] = impl.function() or []
+            for component in components:
                 if not isinstance(component, cls):
                     raise ComponentError(
                         f"plugin {plugin_name!r} returned {type(component).__name__} from "

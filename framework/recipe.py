@@ -114,7 +114,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             value = {"name": value}
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, where)
+        return _build(tp, value, where)  # type: ignore[arg-type]
     if origin is list:
         if not isinstance(value, list):
             raise RecipeError(f"{where}: expected a list, got {type(value).__name__}")

@@ -115,6 +115,7 @@ def _gathered_state_dict(trainer: pl.Trainer) -> dict[str, Any] | None:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     root = trainer.strategy.model  # FSDP around the LightningModule: keys start with "model."
+    assert root is not None
     config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
     with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
         full = root.state_dict()
