@@ -9,7 +9,7 @@ from typing import Any
 from tempering.encoding import IGNORE_INDEX
 from tempering.recipe import Recipe, to_dict
 
-__all__ = ["make_logger", "render_trained", "log_run_start", "log_run_end"]
+__all__ = ["make_logger", "render_trained", "log_run_start", "log_run_end", "finish_tracking"]
 
 
 def make_logger(recipe: Recipe, output_dir: Path) -> Any:
@@ -87,3 +87,12 @@ def log_run_end(logger: Any, recipe: Recipe, summary: dict[str, Any], final_dir:
         artifact = wandb.Artifact(f"{recipe.name}-model", type="model")
         artifact.add_dir(str(final_dir))
         run.log_artifact(artifact)
+
+
+def finish_tracking(logger: Any) -> str | None:
+    """Close the W&B run; returns its local run folder (where the offline files are)."""
+    if not _is_wandb(logger):
+        return None
+    run_dir = str(Path(logger.experiment.dir).parent)
+    logger.experiment.finish()
+    return run_dir

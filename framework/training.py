@@ -16,7 +16,7 @@ from tempering.models import load_tokenizer
 from tempering.module import SFTModule
 from tempering.plugin_manager import build_plugin_manager, build_registry
 from tempering.recipe import Recipe, RecipeError, validate_components
-from tempering.tracking import log_run_end, log_run_start, make_logger
+from tempering.tracking import finish_tracking, log_run_end, log_run_start, make_logger
 
 __all__ = ["run_recipe", "trainer_arguments", "build_strategy"]
 
@@ -131,6 +131,39 @@ def _save_final(module: SFTModule, tokenizer: Any, dm: SFTDataModule, output_dir
     return final
 
 
+def _measure_before(trainer: pl.Trainer, module: SFTModule, dm: SFTDataModule, recipe: Recipe,
+                    tokenizer: Any, summary: dict[str, Any]) -> None:
+    """Validation loss and exact match of the untrained model, for comparison."""
+    if dm.val_data is not None:
+        summary["val_loss_before"] = trainer.validate(module, datamodule=dm, verbose=False)[0][
+            "val/loss"]
+    before = _evaluate(module, dm, recipe, tokenizer)
+    if before:
+        summary["exact_match_before"] = before["exact_match"]
+
+
+def _finish(trainer: pl.Trainer, module: SFTModule, dm: SFTDataModule, recipe: Recipe,
+            tokenizer: Any, logger: Any, summary: dict[str, Any], output_dir: Path,
+            gathered: dict[str, Any] | None) -> None:
+    """Rank 0 after training: held-out generation, final model, summary file and W&B."""
+    if trainer.world_size == 1:  # generation needs the whole model on one process
+        after = _evaluate(module, dm, recipe, tokenizer)
+        if after:
+            summary.update(exact_match=after["exact_match"], eval_samples=after["samples"],
+                           eval_examples=after["examples"])
+    elif recipe.eval.generate_samples > 0:
+        summary["eval_skipped"] = "generation eval runs in single-process runs only"
+    final = (_save_final(module, tokenizer, dm, output_dir, gathered)
+             if recipe.train.save_final else None)
+    summary["final_model"] = str(final) if final else None
+    log_run_end(logger, recipe, summary, final)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    wandb_dir = finish_tracking(logger)
+    if wandb_dir:
+        summary["wandb_dir"] = wandb_dir
+
+
 def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Train as the recipe says; returns (and writes to ``summary.json``) the run summary.
 
@@ -152,42 +185,18 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
                          **trainer_arguments(recipe, output_dir))
     dm.setup("fit")
     module.configure_model()
-    single = trainer.world_size == 1
     summary: dict[str, Any] = {"recipe": recipe.name, "output_dir": str(output_dir), **dm.stats()}
     if trainer.is_global_zero:
         log_run_start(logger, recipe, dm, tokenizer)
-    before = None
-    if recipe.eval.before_training and single and not recipe.train.resume_from:
-        if dm.val_data is not None:
-            summary["val_loss_before"] = trainer.validate(module, datamodule=dm, verbose=False)[0][
-                "val/loss"]
-        before = _evaluate(module, dm, recipe, tokenizer)
+    if recipe.eval.before_training and trainer.world_size == 1 and not recipe.train.resume_from:
+        _measure_before(trainer, module, dm, recipe, tokenizer, summary)
     started = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(recipe, output_dir))
     summary["train_seconds"] = round(time.perf_counter() - started, 2)
     summary["global_step"] = trainer.global_step
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    summary.update({k.replace("/", "_"): v for k, v in metrics.items()})
-    gathered = _gathered_state_dict(trainer) if recipe.train.save_final else None
-    if not trainer.is_global_zero:
-        return summary
-    # Generation needs the whole model on one process: evaluated in single-process runs only.
-    after = _evaluate(module, dm, recipe, tokenizer) if single else None
-    if not single and recipe.eval.generate_samples > 0:
-        summary["eval_skipped"] = "generation eval runs in single-process runs only"
-    if before:
-        summary["exact_match_before"] = before["exact_match"]
-    if after:
-        summary["exact_match"] = after["exact_match"]
-        summary["eval_examples"] = after["examples"]
-        summary["eval_samples"] = after["samples"]
-    final = (_save_final(module, tokenizer, dm, output_dir, gathered)
-             if recipe.train.save_final else None)
-    summary["final_model"] = str(final) if final else None
-    log_run_end(logger, recipe, summary, final)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
-        summary["wandb_dir"] = str(Path(logger.experiment.dir).parent)
-        logger.experiment.finish()
+    summary.update({k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()
+                    if v.numel() == 1})
+    gathered = _gathered_state_dict(trainer) if recipe.train.save_final else None  # all ranks
+    if trainer.is_global_zero:
+        _finish(trainer, module, dm, recipe, tokenizer, logger, summary, output_dir, gathered)
     return summary
