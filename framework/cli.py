@@ -91,7 +91,7 @@ def _cmd_check_template(args: argparse.Namespace) -> int:
 
 def _cmd_preview(args: argparse.Namespace) -> int:
     from tempering.data_sources import BadRecordLog, load_conversations
-    from tempering.encoding import ConversationEncoder
+    from tempering.datamodule import recipe_encoder
     from tempering.models import load_tokenizer
     from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.recipe import load_recipe
@@ -100,12 +100,9 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     pm = build_plugin_manager(recipe.plugins)
     registry = build_registry(pm)
     tokenizer = load_tokenizer(recipe.model)
-    spec = None if recipe.chat_template == "tokenizer" else recipe.chat_template
-    encoder = ConversationEncoder(tokenizer, chat_template=spec, masking=recipe.masking,
-                                  train_on_eot=recipe.train_on_eot, registry=registry)
-    encoder.template.kwargs.update(recipe.template_kwargs)
-    sources = [s for s in recipe.data.train]
-    for s in sources:
+    encoder = recipe_encoder(recipe, tokenizer, registry)
+    sources = recipe.data.train
+    for s in sources:  # read no more than needed
         s.max_records = min(s.max_records or args.n, args.n)
     log = BadRecordLog()
     conversations = load_conversations(sources, pm.hook.format_example, on_bad_record="skip",

@@ -15,7 +15,14 @@ from tempering.packing import collate_packed, collate_padded, plan_epoch, window
 from tempering.recipe import Recipe
 from tempering.tokenize import tokenize_conversations
 
-__all__ = ["SFTDataModule", "PlanLoader"]
+__all__ = ["SFTDataModule", "PlanLoader", "recipe_encoder"]
+
+
+def recipe_encoder(recipe: Recipe, tokenizer: Any, registry: Any) -> ConversationEncoder:
+    """The conversation encoder a recipe describes (template, masking, end-of-turn, kwargs)."""
+    return ConversationEncoder(tokenizer, chat_template=recipe.chat_template,
+                               masking=recipe.masking, train_on_eot=recipe.train_on_eot,
+                               registry=registry, template_kwargs=recipe.template_kwargs)
 
 
 class PlanLoader:
@@ -98,11 +105,7 @@ class SFTDataModule(pl.LightningDataModule):
     def __init__(self, recipe: Recipe, tokenizer: Any, plugin_manager: Any, registry: Any) -> None:
         super().__init__()
         self.recipe, self.tokenizer, self.pm, self.registry = recipe, tokenizer, plugin_manager, registry
-        self.encoder = ConversationEncoder(
-            tokenizer, chat_template=recipe.chat_template if recipe.chat_template != "tokenizer"
-            else None, masking=recipe.masking, train_on_eot=recipe.train_on_eot, registry=registry)
-        if recipe.template_kwargs:
-            self.encoder.template.kwargs.update(recipe.template_kwargs)
+        self.encoder = recipe_encoder(recipe, tokenizer, registry)
         self.bad_records = BadRecordLog()
         self.train_data: Any = None
         self.val_data: Any = None

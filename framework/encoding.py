@@ -73,6 +73,7 @@ class ConversationEncoder:
         masking: a registered masking-strategy name or a :class:`MaskingStrategy`.
         train_on_eot: also train each turn's end-of-turn token.
         registry: the component registry (built on demand when None).
+        template_kwargs: extra variables for the template renderer (e.g. ``enable_thinking``).
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class ConversationEncoder:
         masking: Any = "all_assistant",
         train_on_eot: bool = True,
         registry: Any = None,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         from tempering.components import MaskingStrategy
 
@@ -97,6 +99,7 @@ class ConversationEncoder:
             registry = build_registry(build_plugin_manager())
         self.tokenizer = tokenizer
         self.template: ResolvedTemplate = resolve_chat_template(chat_template, tokenizer, registry)
+        self.template.kwargs.update(template_kwargs or {})
         self.masking: MaskingStrategy = (
             masking if isinstance(masking, MaskingStrategy) else registry.get("masking", masking)
         )

@@ -179,11 +179,13 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     tokenizer = load_tokenizer(recipe.model)
     dm = SFTDataModule(recipe, tokenizer, pm, registry)
     module = SFTModule(recipe, pm, registry)
-    logger = make_logger(recipe, output_dir)
-    trainer = pl.Trainer(logger=logger,
-                         callbacks=_callbacks(recipe, output_dir) + list(callbacks or []),
-                         **trainer_arguments(recipe, output_dir))
     dm.setup("fit")
+    logger = make_logger(recipe, output_dir)
+    args = trainer_arguments(recipe, output_dir)
+    if dm.val_data is None:
+        args.setdefault("limit_val_batches", 0)  # nothing to validate on
+    trainer = pl.Trainer(logger=logger,
+                         callbacks=_callbacks(recipe, output_dir) + list(callbacks or []), **args)
     module.configure_model()
     summary: dict[str, Any] = {"recipe": recipe.name, "output_dir": str(output_dir), **dm.stats()}
     if trainer.is_global_zero:
