@@ -41,10 +41,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_sample(encoder: Any, tokenizer: Any, messages: list[dict[str, Any]]) -> list[str]:
-    """Problems found in one sample's encoding (empty when its spans are exact)."""
+def _check_sample(encoder: Any, tokenizer: Any, messages: list[dict[str, Any]],
+                  enc: Any) -> list[str]:
+    """Problems found in one sample's encoding ``enc`` (empty when its spans are exact)."""
     problems = []
-    enc = encoder.encode(messages)
     ref = tokenizer.apply_chat_template(messages, chat_template=encoder.template.jinja,
                                         tokenize=True, **encoder.template.kwargs)["input_ids"]
     if list(ref) != enc.input_ids:
@@ -74,7 +74,7 @@ def _cmd_check_template(args: argparse.Namespace) -> int:
     for n, messages in enumerate(_SAMPLES, start=1):
         try:
             enc = encoder.encode(messages)
-            problems = _check_sample(encoder, tokenizer, messages)
+            problems = _check_sample(encoder, tokenizer, messages, enc)
         except Exception as exc:  # a template that cannot be rendered or located
             problems, enc = [f"{type(exc).__name__}: {exc}"], None
         status = "ok" if not problems else "FAILED"

@@ -111,6 +111,7 @@ class SFTDataModule(pl.LightningDataModule):
         self.val_data: Any = None
         self.val_conversations: list[Conversation] = []
         self._prepared = False
+        self._stats: dict[str, Any] = {}
 
     # -- Lightning hooks --------------------------------------------------------------------
 
@@ -162,6 +163,15 @@ class SFTDataModule(pl.LightningDataModule):
         self.train_data = self._tokenize(train, "Tokenizing train")
         self.val_conversations = val
         self.val_data = self._tokenize(val, "Tokenizing validation") if val else None
+        lengths, supervised = self.train_data["length"], self.train_data["num_supervised"]
+        self._stats = {
+            "train_conversations": len(lengths),
+            "val_conversations": 0 if self.val_data is None else len(self.val_data),
+            "train_tokens": int(sum(lengths)),
+            "train_supervised_tokens": int(sum(supervised)),
+            "supervised_ratio": sum(supervised) / max(1, sum(lengths)),
+            "skipped_records": dict(self.bad_records.counts),
+        }
         self._prepared = True
 
     # -- batches ----------------------------------------------------------------------------
@@ -185,14 +195,5 @@ class SFTDataModule(pl.LightningDataModule):
         return batch
 
     def stats(self) -> dict[str, Any]:
-        """Dataset statistics for the run summary."""
-        lengths = self.train_data["length"]
-        supervised = self.train_data["num_supervised"]
-        return {
-            "train_conversations": len(lengths),
-            "val_conversations": 0 if self.val_data is None else len(self.val_data),
-            "train_tokens": int(sum(lengths)),
-            "train_supervised_tokens": int(sum(supervised)),
-            "supervised_ratio": sum(supervised) / max(1, sum(lengths)),
-            "skipped_records": dict(self.bad_records.counts),
-        }
+        """Dataset statistics for the run summary (computed once, when the data is built)."""
+        return dict(self._stats)
