@@ -78,13 +78,12 @@ def build_strategy(spec: dict[str, Any]) -> Any:
 def _callbacks(recipe: Recipe, output_dir: Path) -> list[Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    callbacks: list[Any] = []
-    if recipe.train.checkpoint_every_n_steps:
-        callbacks.append(ModelCheckpoint(
-            dirpath=str(output_dir / "checkpoints"), filename="step-{step}",
-            every_n_train_steps=recipe.train.checkpoint_every_n_steps, save_top_k=-1,
-            save_last=True))
-    return callbacks
+    # Checkpoints live in the run directory: every N steps when asked (all kept), and always a
+    # last.ckpt (at epoch ends and at the end) for `train.resume_from: last`.
+    every = recipe.train.checkpoint_every_n_steps
+    return [ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), filename="step-{step}",
+                            every_n_train_steps=every, save_top_k=-1 if every else 0,
+                            save_last=True)]
 
 
 def _resume_path(recipe: Recipe, output_dir: Path) -> str | None:
