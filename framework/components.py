@@ -23,8 +23,8 @@ class ChatTemplate:
         name: the name recipes use (``chat_template: llama3``).
         jinja: the template source.
         description: one line for ``tempering plugins``.
-        special_tokens: marker strings the template writes that a tokenizer should treat as
-            single special tokens (added to a tokenizer that lacks them when a recipe asks).
+        special_tokens: marker strings the template writes that the tokenizer must know as
+            single tokens; encoding with a tokenizer that lacks any of them is an error.
         template_kwargs: extra variables passed to the renderer (e.g. ``enable_thinking``).
     """
 

@@ -100,6 +100,14 @@ class ConversationEncoder:
         self.tokenizer = tokenizer
         self.template: ResolvedTemplate = resolve_chat_template(chat_template, tokenizer, registry)
         self.template.kwargs.update(template_kwargs or {})
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in self.template.special_tokens if t not in vocab]
+        if missing:
+            raise TemplateError(
+                f"template {self.template.name!r} writes {missing}, which tokenizer "
+                f"{getattr(tokenizer, 'name_or_path', '?')} does not have as tokens: they would be "
+                "split into pieces. Use the model's own template (chat_template: tokenizer) or a "
+                "tokenizer with these special tokens (adding them needs resized embeddings)")
         self.masking: MaskingStrategy = (
             masking if isinstance(masking, MaskingStrategy) else registry.get("masking", masking)
         )

@@ -366,3 +366,15 @@ def test_unknown_unrelated_name_lists_the_valid_ones(registry, tiny_tokenizer) -
         resolve_chat_template("zzzzzzzz", tiny_tokenizer, registry)
     for name in END_OF_TURN:
         assert name in str(err.value)
+
+
+def test_a_template_whose_markers_the_tokenizer_lacks_is_refused(tiny_tokenizer):
+    from tempering import ChatTemplate
+    from tempering.templates import TemplateError
+
+    template = ChatTemplate("needs_markers", "{% for m in messages %}<|turn|>{{ m['content'] }}"
+                            "{% endfor %}", special_tokens=("<|turn|>",))
+    with pytest.raises(TemplateError, match=r"writes \['<\|turn\|>'\].*does not have"):
+        encode_conversation([{"role": "user", "content": "a"},
+                             {"role": "assistant", "content": "b"}], tiny_tokenizer,
+                            chat_template=template)
