@@ -14,25 +14,25 @@ from typing import Any
 from tempering.messages import FORMATS, BadRecordError
 from tempering.recipe import DataSource, resolve_bundled
 
-__all__ = ["DataError", "BadRecordLog", "Conversation", "read_source", "load_conversations"]
+__all__ = ["DataError", "SKIP_HINT", "BadRecordLog", "Conversation", "read_source",
+           "load_conversations"]
 
 
 class DataError(ValueError):
     """A bad record with ``on_bad_record: error``: names the file, the record and the field."""
 
 
+SKIP_HINT = "(set data.on_bad_record: skip to skip and count such records)"
+
+
 @dataclass
 class BadRecordLog:
-    """Skipped records by kind, with a few examples each, for the run summary and W&B."""
+    """Skipped records by kind, for the run summary and W&B."""
 
     counts: Counter = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=dict)
 
-    def add(self, kind: str, where: str, message: str) -> None:
+    def add(self, kind: str) -> None:
         self.counts[kind] += 1
-        self.examples.setdefault(kind, [])
-        if len(self.examples[kind]) < 3:
-            self.examples[kind].append(f"{where}: {message}")
 
     @property
     def total(self) -> int:
@@ -144,10 +144,8 @@ def load_conversations(
                         f"{source.format!r}; built-in formats: {', '.join(FORMATS)}")
             except BadRecordError as exc:
                 if on_bad_record == "error":
-                    raise DataError(f"{_where(origin, exc)}: {exc} "
-                                    "(set data.on_bad_record: skip to skip and count such records)"
-                                    ) from None
-                log.add(exc.kind, _where(origin, exc), str(exc))
+                    raise DataError(f"{_where(origin, exc)}: {exc} {SKIP_HINT}") from None
+                log.add(exc.kind)
                 continue
             items.append(Conversation(messages, origin))
         out += _weighted(items, source.weight, rng)

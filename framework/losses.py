@@ -16,7 +16,8 @@ from torch.utils.checkpoint import checkpoint
 
 from tempering.encoding import IGNORE_INDEX
 
-__all__ = ["LossOutput", "forward_hidden", "project_logits", "chunked_per_token", "supervised_loss"]
+__all__ = ["LossOutput", "forward_hidden", "project_logits", "chunked_per_token",
+           "supervised_hidden", "supervised_loss"]
 
 
 @dataclass
@@ -83,15 +84,19 @@ def chunked_per_token(
     return torch.cat(parts)
 
 
+def supervised_hidden(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states ``[n, d]`` at the positions whose next token is trained, and those ``[n]``."""
+    targets = batch["labels"][:, 1:]  # [b, s-1]: the token each position predicts
+    mask = targets != IGNORE_INDEX
+    hidden = forward_hidden(model, batch)  # [b, s, d]
+    return hidden[:, :-1][mask], targets[mask]
+
+
 def supervised_loss(module: Any, batch: dict[str, Any]) -> LossOutput:
     """The recipe's objective summed over supervised positions of one micro-batch."""
-    labels = batch["labels"]  # [b, s]
-    hidden = forward_hidden(module.model, batch)  # [b, s, d]
-    targets = labels[:, 1:]  # the token each position predicts
-    mask = targets != IGNORE_INDEX
-    selected = hidden[:, :-1][mask]  # [n, d]
+    hidden, targets = supervised_hidden(module.model, batch)
     per_token = chunked_per_token(
-        module.model, module.objective, selected, targets[mask],
+        module.model, module.objective, hidden, targets,
         chunk_size=module.loss_chunk_size, options=module.objective_options,
     )
-    return LossOutput(per_token.sum(), int(mask.sum()))
+    return LossOutput(per_token.sum(), int(targets.numel()))

@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import SumMetric
 
-from tempering.losses import LossOutput, chunked_per_token
+from tempering.losses import LossOutput, chunked_per_token, supervised_hidden
 from tempering.models import load_model
 from tempering.recipe import Recipe
 
@@ -64,7 +64,7 @@ class SFTModule(pl.LightningModule):
         self.loss_chunk_size = recipe.train.loss_chunk_size
         self.model = model
         self.val_loss_sum, self.val_nll_sum, self.val_tokens = SumMetric(), SumMetric(), SumMetric()
-        self._window_loss = 0.0
+        self._window_loss: torch.Tensor | float = 0.0
         self._step_started: float | None = None
         self._step_lr = 0.0
 
@@ -94,7 +94,7 @@ class SFTModule(pl.LightningModule):
         window = batch["num_window_tokens"].clamp(min=1).to(out.loss_sum.dtype)
         scale = self.trainer.world_size * self.trainer.accumulate_grad_batches / window
         loss = out.loss_sum * scale
-        self._window_loss += float(out.loss_sum.detach()) / float(window)
+        self._window_loss = self._window_loss + out.loss_sum.detach() / window  # no host sync
         n = batch["input_ids"].numel()
         self.log_dict({
             "train/supervised_ratio": batch["num_supervised"].float() / max(1, n),
@@ -110,7 +110,7 @@ class SFTModule(pl.LightningModule):
 
     def _log_window(self, batch: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - (self._step_started or time.perf_counter())
-        loss = torch.tensor(self._window_loss, device=self.device)
+        loss = torch.as_tensor(self._window_loss, device=self.device, dtype=torch.float32)
         self.log("train/loss", loss, reduce_fx="sum", sync_dist=True, prog_bar=True, batch_size=1)
         self.log("train/lr", self._step_lr, batch_size=1)
         if elapsed > 0:
@@ -130,12 +130,8 @@ class SFTModule(pl.LightningModule):
             self.val_nll_sum.update(out.loss_sum)
 
     def _nll_sum(self, batch: dict[str, Any]) -> torch.Tensor:
-        from tempering.losses import forward_hidden
-
-        targets = batch["labels"][:, 1:]
-        mask = targets != -100
-        hidden = forward_hidden(self.model, batch)[:, :-1][mask]
-        return chunked_per_token(self.model, _CrossEntropy, hidden, targets[mask],
+        hidden, targets = supervised_hidden(self.model, batch)
+        return chunked_per_token(self.model, _CrossEntropy, hidden, targets,
                                  chunk_size=self.loss_chunk_size).sum()
 
     def on_validation_epoch_end(self) -> None:

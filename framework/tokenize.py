@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tempering.data_sources import BadRecordLog, Conversation, DataError
+from tempering.data_sources import SKIP_HINT, BadRecordLog, Conversation, DataError
 from tempering.encoding import ConversationEncoder
 from tempering.templates import TemplateError
 
@@ -117,8 +117,7 @@ def tokenize_conversations(
         for origin, kind, message in zip(errors["origin"], errors["error_kind"], errors["error"],
                                          strict=True):
             if on_bad_record == "error" and kind != "too_long":
-                raise DataError(f"{origin}: {message} (set data.on_bad_record: skip to skip and "
-                                "count such records)")
-            log.add(kind, origin, message)
+                raise DataError(f"{origin}: {message} {SKIP_HINT}")
+            log.add(kind)
         encoded = encoded.select([i for i, k in enumerate(kinds) if not k])
     return encoded.remove_columns(["error_kind", "error"])
