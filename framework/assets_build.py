@@ -124,6 +124,12 @@ def build(out: Path) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(model_dir)
     tiny_llama_config(tokenizer).save_pretrained(model_dir)
+    # The library version save_pretrained stamps in would make the bundled file change with
+    # every transformers release (and the byte-for-byte rebuild test fail on a fresh install).
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config.pop("transformers_version", None)
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+                                           encoding="utf-8")
 
 
 if __name__ == "__main__":
