@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,13 @@ import torch
 
 from tempering.data_sources import BadRecordLog, Conversation, load_conversations
 from tempering.encoding import IGNORE_INDEX, ConversationEncoder
-from tempering.packing import collate_packed, collate_padded, plan_epoch, window_totals
+from tempering.packing import (
+    collate_packed,
+    collate_padded,
+    empty_batch,
+    plan_epoch,
+    window_totals,
+)
 from tempering.recipe import Recipe
 from tempering.tokenize import tokenize_conversations
 
@@ -22,7 +29,8 @@ def recipe_encoder(recipe: Recipe, tokenizer: Any, registry: Any) -> Conversatio
     """The conversation encoder a recipe describes (template, masking, end-of-turn, kwargs)."""
     return ConversationEncoder(tokenizer, chat_template=recipe.chat_template,
                                masking=recipe.masking, train_on_eot=recipe.train_on_eot,
-                               registry=registry, template_kwargs=recipe.template_kwargs)
+                               registry=registry, template_kwargs=recipe.template_kwargs,
+                               append_stop_token=recipe.append_stop_token)
 
 
 class PlanLoader:
@@ -50,7 +58,11 @@ class PlanLoader:
         return self.dm.trainer.current_epoch if (self.train and self.dm.trainer) else 0
 
     def _plan(self) -> list[list[list[int]]]:
-        key = (self._epoch(), self._world()[1])
+        return self.plan(self._world()[1])
+
+    def plan(self, world_size: int) -> list[list[list[int]]]:
+        """This epoch's global plan of micro-batches for ``world_size`` ranks."""
+        key = (self._epoch(), world_size)
         if self._cached is None or self._cached[0] != key:
             d = self.dm.recipe.data
             plan = plan_epoch(self.lengths, batch_size=d.batch_size, max_length=d.max_length,
@@ -110,6 +122,7 @@ class SFTDataModule(pl.LightningDataModule):
         self.train_data: Any = None
         self.val_data: Any = None
         self.val_conversations: list[Conversation] = []
+        self.stop_token_ids: list[int] = []  # the trained end-of-turn tokens, most frequent first
         self._prepared = False
         self._stats: dict[str, Any] = {}
 
@@ -164,6 +177,8 @@ class SFTDataModule(pl.LightningDataModule):
         self.val_conversations = val
         self.val_data = self._tokenize(val, "Tokenizing validation") if val else None
         lengths, supervised = self.train_data["length"], self.train_data["num_supervised"]
+        stops = Counter(i for ids in self.train_data["stop_ids"] for i in ids)
+        self.stop_token_ids = [i for i, _ in stops.most_common()]
         self._stats = {
             "train_conversations": len(lengths),
             "val_conversations": 0 if self.val_data is None else len(self.val_data),
@@ -171,6 +186,10 @@ class SFTDataModule(pl.LightningDataModule):
             "train_supervised_tokens": int(sum(supervised)),
             "supervised_ratio": sum(supervised) / max(1, sum(lengths)),
             "skipped_records": dict(self.bad_records.counts),
+            # which tokens end the trained turns, and how many trained turns end with none
+            "end_of_turn_tokens": {self.tokenizer.convert_ids_to_tokens(i): n
+                                   for i, n in stops.most_common()},
+            "turns_without_end_of_turn": int(sum(self.train_data["unterminated"])),
         }
         self._prepared = True
 
@@ -181,6 +200,8 @@ class SFTDataModule(pl.LightningDataModule):
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id
+        if not rows:
+            return empty_batch(pad, packed=self.recipe.data.packing)
         if self.recipe.data.packing:
             examples = [[data[i] for i in row] for row in rows]
             batch = collate_packed(examples, pad)
@@ -193,6 +214,10 @@ class SFTDataModule(pl.LightningDataModule):
         batch["num_supervised"] = torch.tensor(real)
         batch["num_padding"] = torch.tensor(batch["input_ids"].numel() - tokens)
         return batch
+
+    def empty_micro_batches(self, world_size: int) -> int:
+        """Empty micro-batches that complete the last round of ranks in an epoch of training."""
+        return sum(not b for b in PlanLoader(self, self.train_data, train=True).plan(world_size))
 
     def stats(self) -> dict[str, Any]:
         """Dataset statistics for the run summary (computed once, when the data is built)."""

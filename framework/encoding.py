@@ -1,36 +1,46 @@
 """Conversation -> token ids + labels, exact for any chat template.
 
 The conversation is rendered once and tokenized once, so ``input_ids`` are exactly what
-``tokenizer.apply_chat_template(messages, tokenize=True)`` returns. The trained character spans
-are found from the rendered text itself, one assistant message at a time:
-
-* start: the end of the generation prompt, i.e. what ``add_generation_prompt=True`` renders for
-  the preceding messages. Everything after it (content, and any markup the model itself writes,
-  such as an empty think block or a channel header) belongs to the assistant.
-* content end: the template is rendered a second time with a probe string appended to this
-  message's content; the probe must appear in the text as a pure insertion, and where it appears
-  is where the content ends. This works whatever the template does to other turns.
-* end of turn: the first added (special) token after the content, skipping whitespace: the
-  token at which generation stops (``<|eot_id|>``, ``<|im_end|>``, ``<end_of_turn>``, ``</s>``,
-  or the next turn's ``<|user|>`` for templates such as GLM that have no end-of-turn marker).
-  Whitespace the template writes after that token (ChatML's newline) is not trained; a final
-  turn followed by nothing has no end-of-turn token to train.
+``tokenizer.apply_chat_template(messages, tokenize=True)`` returns (the one exception is
+``append_stop_token``, which adds one token after a final turn that the template does not
+close). The trained character spans are found from the rendered text itself, one assistant
+message at a time (see :mod:`tempering.spans`), and every token whose characters overlap a span
+is trained. Offsets come from an untrimmed copy of the tokenizer backend, so whitespace-only
+tokens keep their characters even where the tokenizer trims offsets (ByteLevel
+``trim_offsets``).
 
 Anything that does not line up is a :class:`TemplateError` that says where it failed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tempering.spans import Span, SpanFinder
 from tempering.templates import ResolvedTemplate, TemplateError, render, resolve_chat_template
 
-__all__ = ["IGNORE_INDEX", "Encoded", "ConversationEncoder", "encode_conversation"]
+__all__ = ["IGNORE_INDEX", "ENCODER_FORMAT", "Encoded", "ConversationEncoder",
+           "UnrenderedFieldError", "encode_conversation"]
 
 IGNORE_INDEX = -100
-_PROBE = "\u27e6tempering-probe\u27e7"
+# Bump whenever the labels the encoder produces for the same input change: it is part of the
+# tokenization cache's fingerprint, so stale labels are never read back after an upgrade.
+ENCODER_FORMAT = 2
+
+
+class UnrenderedFieldError(TemplateError):
+    """A trained message has a field (tool calls, reasoning) that its trained span lacks.
+
+    Attributes:
+        kind: the bad-record kind it is counted under.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -43,6 +53,8 @@ class Encoded:
         text: the rendered conversation.
         offsets: ``(start, end)`` character offsets of every token in ``text``.
         spans: ``(message_index, start_char, end_char)`` of every trained message.
+        stop_ids: the end-of-turn token id of each trained turn that has one.
+        unterminated: indices of trained messages that train no end-of-turn token.
     """
 
     input_ids: list[int]
@@ -50,18 +62,41 @@ class Encoded:
     text: str
     offsets: list[tuple[int, int]] = field(default_factory=list)
     spans: list[tuple[int, int, int]] = field(default_factory=list)
+    stop_ids: list[int] = field(default_factory=list)
+    unterminated: list[int] = field(default_factory=list)
 
     @property
     def num_supervised(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def _common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def _untrimmed_backend(tokenizer: Any) -> Any:
+    """A copy of the Rust backend whose post-processor does not trim offsets, or None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    data = json.loads(backend.to_str())
+
+    def untrim(node: Any) -> bool:
+        changed = False
+        if isinstance(node, dict):
+            if node.get("trim_offsets") is True:
+                node["trim_offsets"], changed = False, True
+            for value in node.values():
+                changed = untrim(value) or changed
+        elif isinstance(node, list):
+            for value in node:
+                changed = untrim(value) or changed
+        return changed
+
+    if not untrim(data.get("post_processor")):
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(json.dumps(data))
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
 
 
 class ConversationEncoder:
@@ -74,6 +109,9 @@ class ConversationEncoder:
         train_on_eot: also train each turn's end-of-turn token.
         registry: the component registry (built on demand when None).
         template_kwargs: extra variables for the template renderer (e.g. ``enable_thinking``).
+        append_stop_token: a token appended (and trained) after a final trained turn that the
+            template closes with no end-of-turn token (GLM): ``eos`` for the tokenizer's EOS, or
+            a token string such as ``<|user|>``. None leaves such turns without a stop token.
     """
 
     def __init__(
@@ -85,14 +123,14 @@ class ConversationEncoder:
         train_on_eot: bool = True,
         registry: Any = None,
         template_kwargs: dict[str, Any] | None = None,
+        append_stop_token: str | None = None,
     ) -> None:
         from tempering.components import MaskingStrategy
 
+        name = getattr(tokenizer, "name_or_path", "?")
         if not getattr(tokenizer, "is_fast", False):
-            raise TemplateError(
-                f"tokenizer {getattr(tokenizer, 'name_or_path', '?')} is not a fast tokenizer; "
-                "exact masks need character offsets (load it with use_fast=True)"
-            )
+            raise TemplateError(f"tokenizer {name} is not a fast tokenizer; exact masks need "
+                                "character offsets (load it with use_fast=True)")
         if registry is None and (isinstance(masking, str) or isinstance(chat_template, str)):
             from tempering.plugin_manager import build_plugin_manager, build_registry
 
@@ -104,16 +142,29 @@ class ConversationEncoder:
         missing = [t for t in self.template.special_tokens if t not in vocab]
         if missing:
             raise TemplateError(
-                f"template {self.template.name!r} writes {missing}, which tokenizer "
-                f"{getattr(tokenizer, 'name_or_path', '?')} does not have as tokens: they would be "
-                "split into pieces. Use the model's own template (chat_template: tokenizer) or a "
-                "tokenizer with these special tokens (adding them needs resized embeddings)")
+                f"template {self.template.name!r} writes {missing}, which tokenizer {name} does "
+                "not have as tokens: they would be split into pieces. Use the model's own "
+                "template (chat_template: tokenizer) or a tokenizer with these special tokens "
+                "(adding them needs resized embeddings)")
         self.masking: MaskingStrategy = (
             masking if isinstance(masking, MaskingStrategy) else registry.get("masking", masking)
         )
         self.train_on_eot = train_on_eot
-        # Longest first so that "<|end|>" never shadows "<|endoftext|>".
-        self._added = sorted(tokenizer.get_added_vocab(), key=len, reverse=True)
+        self.append_stop_token = append_stop_token
+        self.stop_token_id = self._stop_token_id(append_stop_token)
+        self._untrimmed = _untrimmed_backend(tokenizer)
+        self.spans = SpanFinder(self.render, self.template.name,
+                                set(tokenizer.get_added_vocab().values()))
+
+    def _stop_token_id(self, token: str | None) -> int | None:
+        if token is None:
+            return None
+        text = self.tokenizer.eos_token if token == "eos" else token
+        token_id = self.tokenizer.convert_tokens_to_ids(text) if text else None
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise TemplateError(f"append_stop_token: {token!r} is not a single token of tokenizer "
+                                f"{getattr(self.tokenizer, 'name_or_path', '?')}")
+        return int(token_id)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -121,154 +172,140 @@ class ConversationEncoder:
         return render(self.tokenizer, self.template, list(messages),
                       add_generation_prompt=add_generation_prompt)
 
+    def tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids exactly as the tokenizer gives them, with untrimmed character offsets."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = list(enc["input_ids"])
+        if self._untrimmed is None:
+            return ids, [tuple(o) for o in enc["offset_mapping"]]
+        raw = self._untrimmed.encode(text, add_special_tokens=False)
+        if list(raw.ids) != ids:
+            raise TemplateError("the untrimmed copy of the tokenizer backend tokenizes "
+                                "differently from the tokenizer; offsets cannot be trusted")
+        return ids, [tuple(o) for o in raw.offsets]
+
     def encode(self, messages: Sequence[dict[str, Any]]) -> Encoded:
         """Encode one conversation; raises TemplateError or ValueError on problems."""
         messages = list(messages)
         if not messages:
             raise ValueError("empty conversation")
         text = self.render(messages)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids: list[int] = list(enc["input_ids"])
-        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        ids, offsets = self.tokenize(text)
         if self.masking.all_tokens:
             for index, message in enumerate(messages):  # the template must render every turn
                 if isinstance(message.get("content"), str) and message["content"].strip():
-                    self._content_end(messages, index, text)
+                    self.spans.content_end(messages, index, text)
             return Encoded(ids, list(ids), text, offsets, [(-1, 0, len(text))])
+        spans = self._spans(messages, text, ids, offsets)
+        if not spans:
+            raise ValueError(f"masking strategy {self.masking.name!r} selected no message to train")
+        enc = Encoded(ids, _labels_for(ids, offsets, spans), text, offsets,
+                      [(s.index, s.start, s.end) for s in spans],
+                      [ids[s.eot] for s in spans if s.eot is not None],
+                      [s.index for s in spans if s.eot is None])
+        return self._append_stop(enc, spans[-1])
+
+    def _spans(self, messages: list[dict[str, Any]], text: str, ids: list[int],
+               offsets: list[tuple[int, int]]) -> list[Span]:
         selected = self.masking.select(messages)
         if len(selected) != len(messages):
-            raise TemplateError(
-                f"masking strategy {self.masking.name!r} returned {len(selected)} flags for "
-                f"{len(messages)} messages"
-            )
-        spans: list[tuple[int, int, int]] = []
+            raise TemplateError(f"masking strategy {self.masking.name!r} returned "
+                                f"{len(selected)} flags for {len(messages)} messages")
+        tokens = self.spans.tokens(ids, offsets)
+        spans: list[Span] = []
         for index, (message, chosen) in enumerate(zip(messages, selected, strict=True)):
+            if message.get("tool_calls"):
+                _check_rendered_calls(message, index, text)
             if not chosen:
                 continue
             if message.get("role") != "assistant":
                 raise TemplateError(
                     f"masking strategy {self.masking.name!r} selected message {index} with role "
-                    f"{message.get('role')!r}; only assistant messages can be trained"
-                )
-            start, end = self.assistant_span(messages, index, text)
-            if spans and start < spans[-1][2]:
+                    f"{message.get('role')!r}; only assistant messages can be trained")
+            if not isinstance(message.get("content") or "", str):
+                raise TemplateError(f"message {index}: assistant content must be a string")
+            span = self.spans.span(messages, index, text, tokens, self.train_on_eot)
+            if spans and span.start < spans[-1].end:
                 raise TemplateError(
                     f"template {self.template.name!r}: the span of message {index} starts at "
-                    f"character {start}, inside the span of message {spans[-1][0]}"
-                )
-            spans.append((index, start, end))
-        if not spans:
-            raise ValueError(f"masking strategy {self.masking.name!r} selected no message to train")
-        labels = _labels_for(ids, offsets, spans)
-        return Encoded(ids, labels, text, offsets, spans)
+                    f"character {span.start}, inside the span of message {spans[-1].index}")
+            _check_trained_fields(message, index, text[span.start:span.end], self.template.name)
+            spans.append(span)
+        return spans
 
-    def assistant_span(
-        self, messages: list[dict[str, Any]], index: int, text: str
-    ) -> tuple[int, int]:
-        """Return the ``[start, end)`` characters of ``text`` that assistant ``index`` generates."""
-        name = self.template.name
-        content = messages[index].get("content")
-        if not isinstance(content, str):
-            raise TemplateError(f"message {index}: assistant content must be a string")
-        if index == 0:
-            raise TemplateError(
-                "message 0 is an assistant message: there is no prompt before it, so the "
-                "generation prompt that starts its span cannot be rendered"
-            )
-        content_end = self._content_end(messages, index, text)
-        start = self._generation_start(messages, index, text, content_end)
-        if start > content_end:
-            raise TemplateError(
-                f"template {name!r}: the generation prompt for message {index} ends at character "
-                f"{start}, after the end of its content ({content_end})"
-            )
-        end = self._end_of_turn(text, content_end, index) if self.train_on_eot else content_end
-        if end <= start:
-            raise TemplateError(f"template {name!r}: message {index} renders to an empty span")
-        return start, end
-
-    # -- span search ------------------------------------------------------------------------
-
-    def _content_end(self, messages: list[dict[str, Any]], index: int, text: str) -> int:
-        content = messages[index]["content"]
-        stripped = content.rstrip()
-        probe = dict(messages[index], content=stripped + _PROBE + content[len(stripped):])
-        probed = self.render(messages[:index] + [probe] + messages[index + 1:])
-        at = _common_prefix(text, probed)
-        inserted = probed[at:at + len(_PROBE)] == _PROBE and probed[at + len(_PROBE):] == text[at:]
-        if not inserted:
-            raise TemplateError(
-                f"template {self.template.name!r}: cannot locate the content of message {index} "
-                f"in the rendered text (changing its content changed the text elsewhere, around "
-                f"character {at}: {text[max(0, at - 30):at + 30]!r})"
-            )
-        return at
-
-    def _generation_start(
-        self, messages: list[dict[str, Any]], index: int, text: str, content_end: int
-    ) -> int:
-        prompt = self.render(messages[:index], add_generation_prompt=True)
-        if text.startswith(prompt):
-            return len(prompt)
-        before = self.render(messages[:index], add_generation_prompt=False)
-        header = prompt[len(before):] if prompt.startswith(before) else None
-        if header is None:
-            raise TemplateError(
-                f"template {self.template.name!r}: add_generation_prompt=True changes the earlier "
-                f"messages' text (before message {index}), so the generation prompt cannot be found"
-            )
-        if text.startswith(before):
-            # The generation prompt matches only in part (e.g. it pre-fills "<think>\n" that a
-            # turn without reasoning does not render): the span starts where they part.
-            matched = _common_prefix(header, text[len(before):])
-            if matched or not header:
-                return len(before) + matched
-        elif header:
-            # The template rewrites earlier turns once later ones exist: find this turn's
-            # generation prompt as the last occurrence of its header before the content.
-            at = text.rfind(header, 0, content_end)
-            if at >= 0:
-                return at + len(header)
-        raise TemplateError(
-            f"template {self.template.name!r}: the generation prompt {header!r} of message "
-            f"{index} does not appear in the rendered conversation before its content"
-        )
-
-    def _end_of_turn(self, text: str, content_end: int, index: int) -> int:
-        pos = content_end
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-        for token in self._added:
-            if token and text.startswith(token, pos):
-                return pos + len(token)
-        if pos == len(text):
-            # The template writes nothing after the final turn (GLM stops on the next
-            # "<|user|>"): there is no end-of-turn token in the text to train.
-            return content_end
-        raise TemplateError(
-            f"template {self.template.name!r}: no end-of-turn token follows the content of "
-            f"message {index} (text there: {text[content_end:content_end + 40]!r}); the tokenizer "
-            "has no added token for the template's turn end. Add it as a special token or set "
-            "train_on_eot: false"
-        )
+    def _append_stop(self, enc: Encoded, last: Span) -> Encoded:
+        """Append the stop token after a final trained turn the template leaves open."""
+        if (self.stop_token_id is None or last.eot is not None
+                or enc.text[last.end:].strip() or not self.train_on_eot):
+            return enc
+        assert self.append_stop_token is not None
+        token = (self.tokenizer.eos_token if self.append_stop_token == "eos"
+                 else self.append_stop_token)
+        at = len(enc.text)
+        enc.input_ids.append(self.stop_token_id)
+        enc.labels.append(self.stop_token_id)
+        enc.offsets.append((at, at + len(token)))
+        enc.text += token
+        enc.spans[-1] = (last.index, last.start, at + len(token))
+        enc.stop_ids.append(self.stop_token_id)
+        enc.unterminated.remove(last.index)
+        return enc
 
 
-def _labels_for(
-    ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int, int]]
-) -> list[int]:
-    """Label every token whose characters overlap a trained span."""
+def _call_names(message: dict[str, Any]) -> list[str]:
+    names = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", call) if isinstance(call, dict) else {}
+        names.append(str(function.get("name", "")))
+    return names
+
+
+def _check_rendered_calls(message: dict[str, Any], index: int, text: str) -> None:
+    missing = [n for n in _call_names(message) if n not in text]
+    if missing:
+        raise UnrenderedFieldError(
+            "tool_calls_not_rendered",
+            f"message {index} has tool_calls {missing} that the chat template does not render; "
+            "use a template that renders tool calls (e.g. the model's own) or drop such records")
+
+
+def _check_trained_fields(message: dict[str, Any], index: int, span_text: str,
+                          template: str) -> None:
+    """Never train the text of a turn without its tool calls or its reasoning."""
+    missing = [n for n in _call_names(message) if n not in span_text]
+    if missing:
+        raise UnrenderedFieldError(
+            "tool_calls_not_rendered",
+            f"message {index}: template {template!r} renders its tool calls {missing} outside "
+            "the trained span; training the text without its call is refused")
+    reasoning = message.get("reasoning_content")
+    if isinstance(reasoning, str) and reasoning.strip() and reasoning.strip() not in span_text:
+        raise UnrenderedFieldError(
+            "reasoning_not_rendered",
+            f"message {index}: template {template!r} does not render its reasoning_content in "
+            "the trained turn (templates such as Qwen3 drop the reasoning of turns before the "
+            "last user message); train only the final turn (masking: last_assistant) or use a "
+            "template that keeps it")
+
+
+def _labels_for(ids: list[int], offsets: list[tuple[int, int]], spans: list[Span]) -> list[int]:
+    """Label every token whose characters overlap a trained span; a zero-width token is labelled
+    when it lies strictly inside one."""
     labels = [IGNORE_INDEX] * len(ids)
     k = 0
     for t, (a, b) in enumerate(offsets):
-        if b <= a:
-            continue
-        while k < len(spans) and spans[k][2] <= a:
+        while k < len(spans) and spans[k].end <= a:
             k += 1
-        if k < len(spans) and a < spans[k][2] and b > spans[k][1]:
+        if k == len(spans):
+            break
+        span = spans[k]
+        inside = (a < span.end and b > span.start) if b > a else span.start < a < span.end
+        if inside:
             labels[t] = ids[t]
-    for index, start, end in spans:
-        if not any(a < end and b > start for a, b in offsets if b > a):
-            raise TemplateError(f"message {index}: its span [{start}, {end}) covers no token")
+    for span in spans:
+        if not any(a < span.end and b > span.start for a, b in offsets if b > a):
+            raise TemplateError(f"message {span.index}: its span [{span.start}, {span.end}) "
+                                "covers no token")
     return labels
 
 
@@ -280,16 +317,19 @@ def encode_conversation(
     masking: Any = "all_assistant",
     train_on_eot: bool = True,
     registry: Any = None,
+    append_stop_token: str | None = None,
 ) -> Encoded:
     """Encode one conversation with exact response-only labels.
 
     Args:
-        messages: OpenAI-style dicts (``role``, ``content``, optional ``train: bool``).
+        messages: OpenAI-style dicts (``role``, ``content``, optional ``train: bool``,
+            ``tool_calls``, ``reasoning_content``).
         tokenizer: a fast Hugging Face tokenizer.
         chat_template: a registered name, a ``.jinja`` path, a Jinja string, or None for the
             tokenizer's own template.
         masking: which messages are trained (a registered masking-strategy name).
         train_on_eot: also train each selected turn's end-of-turn token.
+        append_stop_token: see :class:`ConversationEncoder`.
 
     Returns:
         :class:`Encoded` whose ``input_ids`` equal ``tokenizer.apply_chat_template(messages,
@@ -298,6 +338,6 @@ def encode_conversation(
     """
     encoder = ConversationEncoder(
         tokenizer, chat_template=chat_template, masking=masking, train_on_eot=train_on_eot,
-        registry=registry,
+        registry=registry, append_stop_token=append_stop_token,
     )
     return encoder.encode(messages)

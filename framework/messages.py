@@ -1,6 +1,7 @@
 """Record readers: alpaca, prompt/completion, OpenAI messages and ShareGPT -> messages.
 
-Every reader returns OpenAI-style ``{"role", "content"[, "train"]}`` dicts and raises
+Every reader returns OpenAI-style ``{"role", "content"[, "train"]}`` dicts (messages records also
+keep ``tool_calls``, ``reasoning_content``, ``tool_call_id`` and ``name``) and raises
 :class:`BadRecordError` (with the kind of problem and the field) for a record it cannot convert.
 """
 
@@ -25,7 +26,8 @@ class BadRecordError(ValueError):
     Attributes:
         kind: one of ``malformed_json``, ``missing_field``, ``unknown_role``,
             ``empty_assistant``, ``no_assistant``, ``bad_type``, ``template_error``,
-            ``too_long``, ``no_supervised_tokens``.
+            ``too_long``, ``no_supervised_tokens``, ``tool_calls_not_rendered``,
+            ``reasoning_not_rendered``.
         field: the offending field (key path inside the record), if any.
     """
 
@@ -87,6 +89,25 @@ def _message_list(record: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
+# Message fields kept as they are (templates render them): never silently dropped.
+_KEPT_FIELDS = ("reasoning_content", "tool_call_id", "name")
+
+
+def _tool_calls(m: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """An assistant message's ``tool_calls``, checked: each names its function."""
+    calls = m.get("tool_calls")
+    if calls is None:
+        return []
+    if not isinstance(calls, list):
+        raise BadRecordError("bad_type", f"{where}.tool_calls must be a list", f"{where}.tool_calls")
+    for j, call in enumerate(calls):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise BadRecordError("bad_type", f"{where}.tool_calls[{j}] must be an object with "
+                                 "function.name (a string)", f"{where}.tool_calls[{j}]")
+    return calls
+
+
 def _messages(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     out = []
     for i, m in enumerate(_message_list(record, "messages")):
@@ -95,11 +116,18 @@ def _messages(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
         if "role" not in m:
             raise BadRecordError("missing_field", f"messages[{i}] has no 'role'",
                                  f"messages[{i}].role")
-        try:
-            message = {"role": m["role"], "content": _text(m, "content")}
+        calls = _tool_calls(m, f"messages[{i}]")
+        try:  # an assistant turn that only calls tools may have no content
+            content = _text(m, "content", required=not calls)
         except BadRecordError as exc:
             raise BadRecordError(exc.kind, f"messages[{i}]: {exc}", f"messages[{i}].content"
                                  ) from None
+        message: dict[str, Any] = {"role": m["role"], "content": content}
+        if calls:
+            message["tool_calls"] = calls
+        for key in _KEPT_FIELDS:
+            if m.get(key) is not None:
+                message[key] = _text(m, key)
         if "train" in m:
             message["train"] = bool(m["train"])
         out.append(message)
@@ -158,7 +186,7 @@ def validate(messages: list[dict[str, Any]], where: list[str] | None = None) -> 
         if m["role"] not in ROLES:
             raise BadRecordError("unknown_role", f"message {i} has role {m['role']!r}; known: "
                                  f"{', '.join(ROLES)}", _field(where[i], "role"))
-        if m["role"] == "assistant" and not m["content"].strip():
+        if m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls"):
             raise BadRecordError("empty_assistant", f"message {i} (assistant) is empty",
                                  _field(where[i], "content"))
     return messages

@@ -20,6 +20,7 @@ from torchmetrics import SumMetric
 
 from tempering.losses import LossOutput, chunked_per_token, supervised_hidden
 from tempering.models import load_model
+from tempering.optim import check_update_precision, decay_groups, no_decay_names
 from tempering.recipe import Recipe
 
 __all__ = ["SFTModule", "lr_lambda"]
@@ -63,6 +64,10 @@ class SFTModule(pl.LightningModule):
         self.objective_options = dict(recipe.objective.options)
         self.loss_chunk_size = recipe.train.loss_chunk_size
         self.model = model
+        self._param_names: set[str] = set()
+        self._no_decay: set[str] = set()
+        if model is not None:
+            self._record_parameters()
         self.val_loss_sum, self.val_nll_sum, self.val_tokens = SumMetric(), SumMetric(), SumMetric()
         self._window_loss: torch.Tensor | float = 0.0
         self._step_started: float | None = None
@@ -71,6 +76,14 @@ class SFTModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = load_model(self.recipe.model, self.recipe.train.seed)
+            self._record_parameters()
+
+    def _record_parameters(self) -> None:
+        """Decide weight-decay groups on the model as loaded, before any wrapping or sharding."""
+        from tempering.optim import clean_name
+
+        self._param_names = {clean_name(n) for n, _ in self.model.named_parameters()}
+        self._no_decay = no_decay_names(self.model)
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -124,10 +137,10 @@ class SFTModule(pl.LightningModule):
         out = self._loss(batch)
         self.val_loss_sum.update(out.loss_sum)
         self.val_tokens.update(out.num_tokens)
-        if self.objective.name != "cross_entropy":
-            self.val_nll_sum.update(self._nll_sum(batch))
-        else:
-            self.val_nll_sum.update(out.loss_sum)
+        # Perplexity is exp of the plain NLL whatever the objective (label smoothing, KL, a
+        # wrapping plugin's extra terms): the loss hook reports it, or it is computed here.
+        nll = out.nll_sum if out.nll_sum is not None else self._nll_sum(batch)
+        self.val_nll_sum.update(nll)
 
     def _nll_sum(self, batch: dict[str, Any]) -> torch.Tensor:
         hidden, targets = supervised_hidden(self.model, batch)
@@ -145,22 +158,39 @@ class SFTModule(pl.LightningModule):
 
     # -- optimization -----------------------------------------------------------------------
 
+    def _sharded(self) -> bool:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return isinstance(self.trainer.strategy, FSDPStrategy)
+
     def on_before_optimizer_step(self, optimizer: Any) -> None:
-        norms = [p.grad.detach().float().norm(2) for p in self.parameters() if p.grad is not None]
-        if norms:
-            self.log("train/grad_norm", torch.stack(norms).norm(2), batch_size=1)
+        squares = [p.grad.detach().float().pow(2).sum() for p in self.parameters()
+                   if p.grad is not None]
+        total = torch.stack(squares).sum() if squares else torch.zeros((), device=self.device)
+        if self._sharded():  # each rank holds a shard of every gradient: add the squares up
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        self.log("train/grad_norm", total.sqrt(), batch_size=1)
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        if gradient_clip_val and self._sharded() and gradient_clip_algorithm in (None, "norm"):
+            # Lightning refuses norm clipping under FSDP; the root FSDP module clips the norm of
+            # the whole (sharded) gradient correctly.
+            self.trainer.strategy.model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> Any:
         o = self.recipe.optim
-        decay: list[torch.nn.Parameter] = []
-        no_decay: list[torch.nn.Parameter] = []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        reduce = None
+        if self.trainer.world_size > 1:
+            def reduce(t: torch.Tensor) -> torch.Tensor:
+                return self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum").cpu()
+        check_update_precision(params, o.lr, reduce)
+        groups = decay_groups(self.model.named_parameters(), self._no_decay, self._param_names,
+                              o.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = o.warmup_steps or int(o.warmup_ratio * total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -1,6 +1,7 @@
 """Batch plans (packing, length grouping, rank assignment) and collation.
 
-A *plan* is the epoch's list of micro-batches, each a list of rows, each row a list of example
+A *plan* is the epoch's list of micro-batches (an empty one pads the last round of ranks), each a
+list of rows, each row a list of example
 indices (one index without packing). The plan is global: rank ``r`` takes micro-batches
 ``r, r + W, r + 2W, ...``, so every micro-batch knows how many supervised tokens its whole
 accumulation window holds across ranks, which is what an exact token mean needs.
@@ -18,7 +19,7 @@ import torch
 from tempering.encoding import IGNORE_INDEX
 
 __all__ = ["best_fit_decreasing", "plan_epoch", "window_totals", "collate_packed",
-           "collate_padded"]
+           "collate_padded", "empty_batch"]
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -43,7 +44,12 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
 
 def plan_epoch(lengths: Sequence[int], *, batch_size: int, max_length: int, packing: bool,
                group_by_length: bool, seed: int, epoch: int, world_size: int) -> list[list[list[int]]]:
-    """The epoch's micro-batches (a multiple of ``world_size`` of them)."""
+    """The epoch's micro-batches: a multiple of ``world_size`` of them, every example in one.
+
+    When the micro-batches do not divide evenly among the ranks, the last round is completed
+    with empty micro-batches (``[]``: no rows, nothing supervised) instead of dropping data, so
+    every example is trained (and validated) each epoch on any number of ranks.
+    """
     rng = random.Random(seed * 100_003 + epoch)
     if packing:
         rows = best_fit_decreasing(lengths, max_length)
@@ -59,8 +65,7 @@ def plan_epoch(lengths: Sequence[int], *, batch_size: int, max_length: int, pack
     batches = [rows[s:s + batch_size] for s in range(0, len(rows), batch_size)]
     if group_by_length or packing:
         rng.shuffle(batches)
-    usable = len(batches) - len(batches) % world_size
-    return batches[:usable]
+    return batches + [[] for _ in range(-len(batches) % world_size)]
 
 
 def window_totals(plan: list[list[list[int]]], supervised: Sequence[int], *, world_size: int,
@@ -99,6 +104,20 @@ def collate_packed(examples: list[list[dict[str, Any]]], pad_id: int) -> dict[st
             at += n
         pos[r, at:] = torch.arange(width - at)  # padding is a document of its own
     return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+def empty_batch(pad_id: int, *, packed: bool) -> dict[str, torch.Tensor]:
+    """A one-token micro-batch with nothing supervised: it keeps every rank stepping together."""
+    batch = {"input_ids": torch.full((1, 1), pad_id, dtype=torch.long),
+             "labels": torch.full((1, 1), IGNORE_INDEX, dtype=torch.long)}
+    if packed:
+        batch["position_ids"] = torch.zeros((1, 1), dtype=torch.long)
+    else:
+        batch["attention_mask"] = torch.ones((1, 1), dtype=torch.long)
+    batch["num_tokens"] = torch.tensor(0)
+    batch["num_supervised"] = torch.tensor(0)
+    batch["num_padding"] = torch.tensor(1)
+    return batch
 
 
 def collate_padded(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:

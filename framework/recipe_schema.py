@@ -62,7 +62,6 @@ class DataConfig:
     on_bad_record: str = doc("`error` stops at the first bad record; `skip` counts and reports.",
                              "error", choices=("error", "skip"))
     num_proc: int = doc("Processes for tokenization (datasets.map).", 1)
-    num_workers: int = doc("DataLoader worker processes.", 0)
     cache_dir: str | None = doc("Where tokenized data is cached (default: datasets' cache).")
 
 
@@ -89,7 +88,14 @@ class TrainConfig:
     seed: int = doc("Seed for model init, data order and everything else.", 0)
     output_dir: str = doc("Run directory (checkpoints, final model, summary).", "runs/{name}")
     loss_chunk_size: int = doc("Supervised positions projected to the vocabulary at a time.", 1024)
-    checkpoint_every_n_steps: int | None = doc("Save a resumable checkpoint every N steps.")
+    checkpoint_every_n_steps: int | None = doc("Also keep a resumable checkpoint every N steps "
+                                               "(`checkpoints/step-N.ckpt`, all kept).")
+    last_checkpoint_every_n_steps: int | None = doc(
+        "Rewrite `checkpoints/last.ckpt` every N optimizer steps (default: "
+        "`checkpoint_every_n_steps`); it is also written at the end of each epoch and of training.")
+    last_checkpoint_every_n_minutes: float | None = doc(
+        "Rewrite `checkpoints/last.ckpt` when this many minutes have passed since the last one, "
+        "so that a crashed run loses at most that much (null: only steps and epoch ends).", 10.0)
     resume_from: str | None = doc("Checkpoint path, or `last` for the run's last checkpoint.")
     save_final: bool = doc("save_pretrained the final model + tokenizer (with chat template).", True)
 
@@ -123,6 +129,11 @@ class Recipe:
     template_kwargs: dict[str, Any] = doc("Extra variables for the template renderer.", factory=dict)
     masking: str = doc("Registered masking strategy.", "all_assistant")
     train_on_eot: bool = doc("Train each turn's end-of-turn token.", True)
+    append_stop_token: str | None = doc(
+        "Append this token (and train it) after a final turn the template closes with no "
+        "end-of-turn token (GLM-4 writes nothing after the last turn, so the model never learns "
+        "to stop): `eos` for the tokenizer's EOS, or a token such as `<|user|>`. Note that "
+        "input_ids then differ from apply_chat_template by that one token.")
     data: DataConfig = doc("Data sources and batching.", factory=DataConfig)
     objective: ObjectiveConfig = doc("Loss per supervised token (name or {name, options}).",
                                      factory=ObjectiveConfig)

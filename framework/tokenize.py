@@ -7,18 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import tempering
 from tempering.data_sources import SKIP_HINT, BadRecordLog, Conversation, DataError
-from tempering.encoding import ConversationEncoder
+from tempering.encoding import ENCODER_FORMAT, ConversationEncoder
 from tempering.templates import TemplateError
 
 __all__ = ["encode_one", "tokenize_conversations"]
 
-_COLUMNS = ("input_ids", "labels", "length", "num_supervised", "error_kind", "error")
-
-
-def _clean(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # Arrow stores absent keys of a struct column as None; a template must not see them.
-    return [{k: v for k, v in m.items() if v is not None} for m in messages]
+_COLUMNS = ("input_ids", "labels", "length", "num_supervised", "stop_ids", "unterminated",
+            "error_kind", "error")
 
 
 def encode_one(encoder: ConversationEncoder, messages: list[dict[str, Any]], max_length: int,
@@ -36,23 +33,27 @@ def encode_one(encoder: ConversationEncoder, messages: list[dict[str, Any]], max
         if enc.num_supervised == 0:
             return _bad("no_supervised_tokens", "no token is trained")
     except TemplateError as exc:
-        return _bad("template_error", str(exc))
+        return _bad(getattr(exc, "kind", "template_error"), str(exc))
     except ValueError as exc:
         return _bad("no_supervised_tokens", str(exc))
     return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids),
-            "num_supervised": enc.num_supervised, "error_kind": "", "error": ""}
+            "num_supervised": enc.num_supervised, "stop_ids": enc.stop_ids,
+            "unterminated": len(enc.unterminated), "error_kind": "", "error": ""}
 
 
 def _bad(kind: str, message: str) -> dict[str, Any]:
-    return {"input_ids": [], "labels": [], "length": 0, "num_supervised": 0,
-            "error_kind": kind, "error": message}
+    return {"input_ids": [], "labels": [], "length": 0, "num_supervised": 0, "stop_ids": [],
+            "unterminated": 0, "error_kind": kind, "error": message}
 
 
 def _leading_turns(encoder: ConversationEncoder, messages: list[dict[str, Any]],
                    max_length: int) -> Any:
-    """The longest prefix ending after an assistant turn that fits and trains something."""
+    """The longest proper prefix ending after an assistant turn that fits and trains something.
+
+    The whole conversation did not fit; it may end with any role (a trailing user turn too).
+    """
     ends = [j + 1 for j, m in enumerate(messages) if m["role"] == "assistant"][::-1]
-    for end in ends[1:]:
+    for end in [e for e in ends if e < len(messages)]:
         try:
             enc = encoder.encode(messages[:end])
         except ValueError:  # the strategy selects nothing in this prefix
@@ -66,7 +67,7 @@ def _encode_batch(batch: dict[str, list], encoder: ConversationEncoder, max_leng
                   overflow: str) -> dict[str, list]:
     out: dict[str, list] = {c: [] for c in _COLUMNS}
     for messages in batch["messages"]:
-        row = encode_one(encoder, _clean(messages), max_length, overflow)
+        row = encode_one(encoder, json.loads(messages), max_length, overflow)
         for c in _COLUMNS:
             out[c].append(row[c])
     return out
@@ -77,8 +78,11 @@ def _fingerprint(encoder: ConversationEncoder, conversations: list[Conversation]
     h = hashlib.sha256()
     tok = encoder.tokenizer
     h.update(tok.backend_tokenizer.to_str().encode() if hasattr(tok, "backend_tokenizer") else b"")
-    h.update(json.dumps([encoder.template.jinja, encoder.template.kwargs, encoder.masking.name,
-                         encoder.train_on_eot, max_length, overflow, tok.bos_token,
+    # The code that made the labels is part of the key: an upgrade that changes a mask never
+    # reads stale labels back from the shared cache.
+    h.update(json.dumps([tempering.__version__, ENCODER_FORMAT, encoder.template.jinja,
+                         encoder.template.kwargs, encoder.masking.name, encoder.train_on_eot,
+                         encoder.append_stop_token, max_length, overflow, tok.bos_token,
                          tok.eos_token], sort_keys=True, default=str).encode())
     for conv in conversations:
         h.update(json.dumps(conv.messages, sort_keys=True).encode())
@@ -99,7 +103,9 @@ def tokenize_conversations(
 
     fingerprint = _fingerprint(encoder, conversations, max_length, overflow)
     raw = datasets.Dataset.from_dict({
-        "messages": [c.messages for c in conversations],
+        # JSON text, not Arrow structs: nested fields (tool-call arguments) of different shapes
+        # would otherwise be merged into one schema and padded with nulls.
+        "messages": [json.dumps(c.messages) for c in conversations],
         "origin": [c.origin for c in conversations],
     })
     cache = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "tempering"

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from tempering.checkpoints import LastCheckpoint
 from tempering.datamodule import SFTDataModule
 from tempering.evaluation import exact_match
 from tempering.models import load_tokenizer
@@ -78,12 +79,18 @@ def build_strategy(spec: dict[str, Any]) -> Any:
 def _callbacks(recipe: Recipe, output_dir: Path) -> list[Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    # Checkpoints live in the run directory: every N steps when asked (all kept), and always a
-    # last.ckpt (at epoch ends and at the end) for `train.resume_from: last`.
-    every = recipe.train.checkpoint_every_n_steps
-    return [ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), filename="step-{step}",
-                            every_n_train_steps=every, save_top_k=-1 if every else 0,
-                            save_last=True)]
+    # Checkpoints live in the run directory: always a last.ckpt on a schedule (steps, minutes,
+    # epoch ends, the end) for `train.resume_from: last`, and every N steps when asked (all kept).
+    t = recipe.train
+    folder = output_dir / "checkpoints"
+    steps = t.last_checkpoint_every_n_steps or t.checkpoint_every_n_steps  # at least as fresh
+    callbacks: list[Any] = [LastCheckpoint(folder, every_n_steps=steps,
+                                           every_n_minutes=t.last_checkpoint_every_n_minutes)]
+    if t.checkpoint_every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=str(folder), filename="step-{step}",
+                                         every_n_train_steps=t.checkpoint_every_n_steps,
+                                         save_top_k=-1, save_last=False))
+    return callbacks
 
 
 def _resume_path(recipe: Recipe, output_dir: Path) -> str | None:
@@ -127,7 +134,24 @@ def _save_final(module: SFTModule, tokenizer: Any, dm: SFTDataModule, output_dir
     module.model.save_pretrained(final, state_dict=state_dict)
     tokenizer.chat_template = dm.encoder.template.jinja  # the template it was trained with
     tokenizer.save_pretrained(final)
+    # The variables the template was rendered with (e.g. enable_thinking), beside it.
+    (final / "chat_template_kwargs.json").write_text(
+        json.dumps(dm.encoder.template.kwargs, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return final
+
+
+def _set_stop_tokens(model: Any, tokenizer: Any, dm: SFTDataModule) -> None:
+    """Generation (held-out eval and the saved ``generation_config.json``) stops where training
+    taught the model to stop: the trained end-of-turn tokens, most frequent first, then the
+    EOS ids the model already had."""
+    if not dm.stop_token_ids:
+        return
+    existing = getattr(model.generation_config, "eos_token_id", None)
+    if existing is None:
+        existing = tokenizer.eos_token_id
+    existing = existing if isinstance(existing, list) else [] if existing is None else [existing]
+    ids = list(dm.stop_token_ids) + [i for i in existing if i not in dm.stop_token_ids]
+    model.generation_config.eos_token_id = [int(i) for i in ids]
 
 
 def _measure_before(trainer: pl.Trainer, module: SFTModule, dm: SFTDataModule, recipe: Recipe,
@@ -186,6 +210,7 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     trainer = pl.Trainer(logger=logger,
                          callbacks=_callbacks(recipe, output_dir) + list(callbacks or []), **args)
     module.configure_model()
+    _set_stop_tokens(module.model, tokenizer, dm)
     summary: dict[str, Any] = {"recipe": recipe.name, "output_dir": str(output_dir), **dm.stats()}
     if trainer.is_global_zero:
         log_run_start(logger, recipe, dm, tokenizer)
@@ -195,6 +220,7 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(recipe, output_dir))
     summary["train_seconds"] = round(time.perf_counter() - started, 2)
     summary["global_step"] = trainer.global_step
+    summary["empty_micro_batches_per_epoch"] = dm.empty_micro_batches(trainer.world_size)
     summary.update({k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()
                     if v.numel() == 1})
     gathered = _gathered_state_dict(trainer) if recipe.train.save_final else None  # all ranks

@@ -1,0 +1,75 @@
+"""Checkpoints in the run directory: a resumable ``last.ckpt`` on a schedule, always.
+
+Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it saves another
+checkpoint, so a run without a step schedule had nothing to resume from after a crash. This
+callback rewrites ``checkpoints/last.ckpt`` every N optimizer steps and/or every M minutes, at
+the end of each epoch and at the end of training. It writes a temporary file first and renames
+it, so a crash while saving leaves the previous ``last.ckpt`` intact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+__all__ = ["LastCheckpoint"]
+
+
+class LastCheckpoint(Callback):
+    """Keep ``dirpath/last.ckpt`` fresh.
+
+    Args:
+        dirpath: the checkpoint folder.
+        every_n_steps: save after every N optimizer steps (None: no step schedule).
+        every_n_minutes: save when this many minutes passed since the last save (None: off).
+    """
+
+    def __init__(self, dirpath: Path, *, every_n_steps: int | None = None,
+                 every_n_minutes: float | None = None) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
+        self.every_n_steps = every_n_steps
+        self.every_n_seconds = every_n_minutes * 60 if every_n_minutes else None
+        self._saved_step = -1
+        self._saved_at = time.monotonic()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._saved_at = time.monotonic()
+        self._saved_step = trainer.global_step  # a resumed run does not rewrite at once
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self._saved_step:  # inside an accumulation window, or already saved
+            return
+        due = bool(self.every_n_steps) and step % self.every_n_steps == 0  # type: ignore[operator]
+        if not due and self.every_n_seconds is not None:
+            late = time.monotonic() - self._saved_at >= self.every_n_seconds
+            due = bool(trainer.strategy.broadcast(late))  # every rank decides as rank 0 does
+        if due:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._saved_step:
+            self.save(trainer)
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Write ``last.ckpt`` (a collective: every rank calls it)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(str(tmp))
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            if tmp.is_dir() and self.path.exists():  # a sharded checkpoint is a folder
+                shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier()
+        self._saved_step = trainer.global_step
+        self._saved_at = time.monotonic()
