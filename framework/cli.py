@@ -47,7 +47,8 @@ def _check_sample(encoder: Any, tokenizer: Any, messages: list[dict[str, Any]],
     problems = []
     ref = tokenizer.apply_chat_template(messages, chat_template=encoder.template.jinja,
                                         tokenize=True, **encoder.template.kwargs)["input_ids"]
-    if list(ref) != enc.input_ids:
+    appended = [encoder.stop_token_id] if len(enc.input_ids) == len(ref) + 1 else []
+    if list(ref) + appended != enc.input_ids:
         problems.append("input_ids differ from tokenizer.apply_chat_template")
     for index, start, end in enc.spans:
         if messages[index]["content"].strip() not in enc.text[start:end]:
@@ -68,7 +69,8 @@ def _cmd_check_template(args: argparse.Namespace) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_bundled(args.tokenizer))
     spec = None if args.chat_template in (None, "tokenizer") else args.chat_template
-    encoder = ConversationEncoder(tokenizer, chat_template=spec, masking=args.masking)
+    encoder = ConversationEncoder(tokenizer, chat_template=spec, masking=args.masking,
+                                  append_stop_token=args.append_stop_token)
     color = sys.stdout.isatty()
     failures = 0
     for n, messages in enumerate(_SAMPLES, start=1):
@@ -82,6 +84,11 @@ def _cmd_check_template(args: argparse.Namespace) -> int:
         if enc is not None:
             print(_highlight(tokenizer, enc.input_ids, enc.labels, color))
             print(f"    {enc.num_supervised}/{len(enc.input_ids)} tokens trained")
+            for index in enc.unterminated:
+                print(f"    note: message {index} trains no end-of-turn token (the template "
+                      "writes no marker after it), so the model does not learn to stop there"
+                      + ("; for a final turn set append_stop_token: eos (or the token the model "
+                         "stops at)" if index == len(messages) - 1 else ""))
         for problem in problems:
             print(f"    problem: {problem}")
         failures += bool(problems)
@@ -158,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--tokenizer", required=True, help="tokenizer path (or bundled:tiny-llama)")
     check.add_argument("--chat-template", default=None, help="registered name or .jinja file")
     check.add_argument("--masking", default="all_assistant")
+    check.add_argument("--append-stop-token", default=None,
+                       help="token appended after a final turn the template leaves open (eos)")
     check.set_defaults(fn=_cmd_check_template)
     preview = sub.add_parser("preview", help="show a recipe's first encoded examples")
     preview.add_argument("recipe")

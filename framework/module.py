@@ -20,7 +20,7 @@ from torchmetrics import SumMetric
 
 from tempering.losses import LossOutput, chunked_per_token, supervised_hidden
 from tempering.models import load_model
-from tempering.optim import check_update_precision, decay_groups, no_decay_names
+from tempering.optim import check_update_precision, decay_groups, grad_norm, no_decay_names
 from tempering.recipe import Recipe
 
 __all__ = ["SFTModule", "lr_lambda"]
@@ -164,12 +164,12 @@ class SFTModule(pl.LightningModule):
         return isinstance(self.trainer.strategy, FSDPStrategy)
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
-        squares = [p.grad.detach().float().pow(2).sum() for p in self.parameters()
-                   if p.grad is not None]
-        total = torch.stack(squares).sum() if squares else torch.zeros((), device=self.device)
-        if self._sharded():  # each rank holds a shard of every gradient: add the squares up
-            total = self.trainer.strategy.reduce(total, reduce_op="sum")
-        self.log("train/grad_norm", total.sqrt(), batch_size=1)
+        # Under FSDP each rank holds a shard of every gradient: the squares are added up.
+        reduce = self._sum_over_ranks if self._sharded() else None
+        self.log("train/grad_norm", grad_norm(self.parameters(), reduce), batch_size=1)
+
+    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum")
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
                                     gradient_clip_algorithm: Any = None) -> None:
@@ -183,11 +183,8 @@ class SFTModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         o = self.recipe.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
-        reduce = None
-        if self.trainer.world_size > 1:
-            def reduce(t: torch.Tensor) -> torch.Tensor:
-                return self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum").cpu()
-        check_update_precision(params, o.lr, reduce)
+        check_update_precision(params, o.lr,
+                               self._sum_over_ranks if self.trainer.world_size > 1 else None)
         groups = decay_groups(self.model.named_parameters(), self._no_decay, self._param_names,
                               o.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 __all__ = ["LostUpdatesError", "clean_name", "no_decay_names", "decay_groups",
-           "check_update_precision"]
+           "check_update_precision", "grad_norm"]
 
 _WRAPPER_PARTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -78,7 +78,7 @@ def check_update_precision(params: Iterable[torch.nn.Parameter], lr: float,
                 counts[1] += p.numel()
                 dtypes.add(str(p.dtype).replace("torch.", ""))
     if reduce is not None:
-        counts = reduce(counts)
+        counts = reduce(counts).cpu()
     lost, total = float(counts[0]), float(counts[1])
     if total == 0 or lost / total <= MAX_LOST_FRACTION:
         return
@@ -87,3 +87,13 @@ def check_update_precision(params: Iterable[torch.nn.Parameter], lr: float,
         f"without fp32 master weights: an update of that size rounds away for {lost / total:.1%} "
         f"of the {int(total):,} trainable weights. Keep fp32 weights with mixed precision "
         "(model.dtype: float32 and trainer.precision: bf16-mixed), or raise the learning rate")
+
+
+def grad_norm(params: Iterable[torch.nn.Parameter],
+              reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """The L2 norm of all gradients; ``reduce`` sums squares over ranks when each holds a shard."""
+    squares = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]
+    total = torch.stack(squares).sum() if squares else torch.zeros(())
+    if reduce is not None:
+        total = reduce(total)
+    return total.sqrt()
