@@ -36,7 +36,11 @@ _TRAINER_DEFAULTS: dict[str, Any] = {
 
 def trainer_arguments(recipe: Recipe, output_dir: Path) -> dict[str, Any]:
     """Trainer kwargs: our defaults, overridden by the recipe's ``trainer`` section."""
-    args = {**_TRAINER_DEFAULTS, "default_root_dir": str(output_dir), **recipe.trainer}
+    # Our own callbacks write the checkpoints; Lightning's default ModelCheckpoint (a full extra
+    # checkpoint per epoch under logs/) is on only where we pass one (step checkpoints).
+    ours = {"default_root_dir": str(output_dir),
+            "enable_checkpointing": bool(recipe.train.checkpoint_every_n_steps)}
+    args = {**_TRAINER_DEFAULTS, **ours, **recipe.trainer}
     if "max_steps" in recipe.trainer and "max_epochs" not in recipe.trainer:
         args["max_epochs"] = -1  # a step budget runs as many epochs as it needs
     if isinstance(args.get("strategy"), dict):
