@@ -67,6 +67,25 @@ def test_ddp_validates_the_whole_set(tiny_recipe, tmp_path) -> None:
     assert ddp["empty_micro_batches_per_epoch"] == 0 and single["empty_micro_batches_per_epoch"] == 0
 
 
+def test_ddp_trains_every_example_when_the_ranks_do_not_divide_the_batches(tiny_recipe,
+                                                                          tmp_path) -> None:
+    # 5 conversations, one per micro-batch on 2 ranks: the third step pairs the last one with
+    # an empty micro-batch, so it trains exactly what one process does with 2 per step.
+    tiny_recipe["data"]["train"][0]["max_records"] = 5
+    tiny_recipe["data"].update(packing=False, group_by_length=False)
+    tiny_recipe["trainer"].update(max_steps=3)
+    ddp = _run(tiny_recipe, tmp_path, "ddp", "data.batch_size=1", "trainer.devices=2",
+               "trainer.strategy=ddp")
+    single = _run(tiny_recipe, tmp_path, "single", "data.batch_size=2")
+    assert ddp["empty_micro_batches_per_epoch"] == 1
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "ddp" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "single" / "final" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 # -- item 2 and grad norm: FSDP shards ---------------------------------------------------------
 
 _FSDP_SCRIPT = r"""
