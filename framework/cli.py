@@ -183,13 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from tempering.data_sources import DataError
+    from tempering.logit_check import UnsupportedModelError
     from tempering.plugin_manager import ComponentError
     from tempering.recipe import RecipeError
     from tempering.templates import TemplateError
 
     args = _parser().parse_args(argv)
     user_errors = (RecipeError, DataError, TemplateError, ComponentError, FileNotFoundError,
-                   MisconfigurationException)
+                   MisconfigurationException, UnsupportedModelError)
     try:
         return args.fn(args)
     except Exception as exc:

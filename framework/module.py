@@ -67,7 +67,7 @@ class SFTModule(pl.LightningModule):
         self._param_names: set[str] = set()
         self._no_decay: set[str] = set()
         if model is not None:
-            self._record_parameters()
+            self._prepare_model()
         self.val_loss_sum, self.val_nll_sum, self.val_tokens = SumMetric(), SumMetric(), SumMetric()
         self._window_loss: torch.Tensor | float = 0.0
         self._step_started: float | None = None
@@ -76,12 +76,15 @@ class SFTModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = load_model(self.recipe.model, self.recipe.train.seed)
-            self._record_parameters()
+            self._prepare_model()
 
-    def _record_parameters(self) -> None:
-        """Decide weight-decay groups on the model as loaded, before any wrapping or sharding."""
+    def _prepare_model(self) -> None:
+        """On the model as loaded, before any wrapping or sharding: refuse an architecture whose
+        logits the chunked loss would not reproduce, and decide the weight-decay groups."""
+        from tempering.logit_check import check_logit_parity
         from tempering.optim import clean_name
 
+        check_logit_parity(self.model)
         self._param_names = {clean_name(n) for n, _ in self.model.named_parameters()}
         self._no_decay = no_decay_names(self.model)
 
@@ -176,7 +179,8 @@ class SFTModule(pl.LightningModule):
         if gradient_clip_val and self._sharded() and gradient_clip_algorithm in (None, "norm"):
             # Lightning refuses norm clipping under FSDP; the root FSDP module clips the norm of
             # the whole (sharded) gradient correctly.
-            self.trainer.strategy.model.clip_grad_norm_(float(gradient_clip_val))
+            root: Any = self.trainer.strategy.model
+            root.clip_grad_norm_(float(gradient_clip_val))
             return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

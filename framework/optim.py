@@ -47,7 +47,8 @@ def no_decay_names(model: torch.nn.Module) -> set[str]:
 def decay_groups(named: Iterable[tuple[str, torch.nn.Parameter]], no_decay: set[str],
                  known: set[str], weight_decay: float) -> list[dict[str, Any]]:
     """AdamW parameter groups for ``named`` (possibly wrapped) parameters."""
-    decay, plain = [], []
+    decay: list[torch.nn.Parameter] = []
+    plain: list[torch.nn.Parameter] = []
     for name, p in named:
         if not p.requires_grad:
             continue

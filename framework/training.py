@@ -206,6 +206,7 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     tokenizer = load_tokenizer(recipe.model)
     dm = SFTDataModule(recipe, tokenizer, pm, registry)
     module = SFTModule(recipe, pm, registry)
+    module.configure_model()  # an architecture we cannot train is refused before tokenizing
     dm.setup("fit")
     logger = make_logger(recipe, output_dir)
     args = trainer_arguments(recipe, output_dir)
@@ -213,7 +214,6 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
         args.setdefault("limit_val_batches", 0)  # nothing to validate on
     trainer = pl.Trainer(logger=logger,
                          callbacks=_callbacks(recipe, output_dir) + list(callbacks or []), **args)
-    module.configure_model()
     _set_stop_tokens(module.model, tokenizer, dm)
     summary: dict[str, Any] = {"recipe": recipe.name, "output_dir": str(output_dir), **dm.stats()}
     if trainer.is_global_zero:

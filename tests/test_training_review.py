@@ -124,13 +124,13 @@ def test_last_ckpt_follows_the_clock(tiny_recipe, tmp_path) -> None:
 
 
 def _validate(tiny_recipe, *overrides: str):
+    import lightning.pytorch as pl
+
     from tempering.datamodule import SFTDataModule
     from tempering.models import load_tokenizer
     from tempering.module import SFTModule
     from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.training import trainer_arguments
-
-    import lightning.pytorch as pl
 
     recipe = load_recipe(tiny_recipe, ["data.packing=false", *overrides])
     pm = build_plugin_manager()
@@ -248,3 +248,28 @@ def test_num_workers_is_no_longer_a_silent_setting(tiny_recipe) -> None:
     tiny_recipe["data"]["num_workers"] = 4
     with pytest.raises(RecipeError, match="data.num_workers: unknown key"):
         load_recipe(tiny_recipe)
+
+
+# -- item 3: an architecture whose logits the chunked loss does not reproduce is refused -------
+
+
+def test_a_run_on_a_refused_architecture_stops_with_one_clear_line(tiny_recipe, tmp_path,
+                                                                   capsys) -> None:
+    from transformers import RobertaConfig
+
+    from tempering.cli import main
+
+    # RoBERTa as a causal LM puts a dense + layer-norm transform before its decoder: our
+    # decoder-then-head path would train on other logits than the model generates with.
+    RobertaConfig(vocab_size=700, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, is_decoder=True).save_pretrained(tmp_path / "roberta")
+    tiny_recipe["model"].update(name_or_path=str(tmp_path / "roberta"),
+                                tokenizer="bundled:tiny-llama", attn_implementation="eager")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(tiny_recipe))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Tokenizing" not in err  # refused before the data work
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tempering: error: ") and "RobertaForCausalLM" in last
+    assert "refused" in last
