@@ -215,7 +215,7 @@ class ConversationEncoder:
         spans: list[Span] = []
         for index, (message, chosen) in enumerate(zip(messages, selected, strict=True)):
             if message.get("tool_calls"):
-                _check_rendered_calls(message, index, text)
+                _check_calls(message, index, text, self.template.name, "in the conversation")
             if not chosen:
                 continue
             if message.get("role") != "assistant":
@@ -260,24 +260,21 @@ def _call_names(message: dict[str, Any]) -> list[str]:
     return names
 
 
-def _check_rendered_calls(message: dict[str, Any], index: int, text: str) -> None:
+def _check_calls(message: dict[str, Any], index: int, text: str, template: str,
+                 where: str) -> None:
     missing = [n for n in _call_names(message) if n not in text]
     if missing:
         raise UnrenderedFieldError(
             "tool_calls_not_rendered",
-            f"message {index} has tool_calls {missing} that the chat template does not render; "
-            "use a template that renders tool calls (e.g. the model's own) or drop such records")
+            f"message {index}: template {template!r} does not render its tool calls {missing} "
+            f"{where}, and the text is never trained without its call; use a template that "
+            "renders tool calls (e.g. the model's own) or drop such records")
 
 
 def _check_trained_fields(message: dict[str, Any], index: int, span_text: str,
                           template: str) -> None:
     """Never train the text of a turn without its tool calls or its reasoning."""
-    missing = [n for n in _call_names(message) if n not in span_text]
-    if missing:
-        raise UnrenderedFieldError(
-            "tool_calls_not_rendered",
-            f"message {index}: template {template!r} renders its tool calls {missing} outside "
-            "the trained span; training the text without its call is refused")
+    _check_calls(message, index, span_text, template, "inside its trained span")
     reasoning = message.get("reasoning_content")
     if isinstance(reasoning, str) and reasoning.strip() and reasoning.strip() not in span_text:
         raise UnrenderedFieldError(

@@ -103,3 +103,20 @@ def trained_texts(tok, enc) -> list[str]:
         else:
             runs.append([t])
     return [tok.decode([enc.input_ids[t] for t in run], skip_special_tokens=False) for run in runs]
+
+
+def run_cli(recipe: dict, tmp_path: Path, name: str, *overrides: str) -> Path:
+    """``tempering run`` a recipe dict in a subprocess (own output dir); returns the run dir."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / name
+    recipe = {**recipe, "train": {**recipe["train"], "output_dir": str(out)}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps(recipe))
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "tempering.cli", "run", str(path), *overrides],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return out

@@ -3,24 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
-
-def _run(recipe: dict, tmp_path: Path, name: str, *overrides: str) -> Path:
-    out = tmp_path / name
-    recipe = {**recipe, "train": {**recipe["train"], "output_dir": str(out)}}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(json.dumps(recipe))
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "tempering.cli", "run", str(path), *overrides],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return out
+from tests.conftest import run_cli as _run
 
 
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tiny_recipe, tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tempering.packing import plan_epoch
-from tests.conftest import TINY, write_jsonl
+from tests.conftest import TINY, run_cli, write_jsonl
 
 # -- item 9: plans cover every example on any number of ranks ---------------------------------
 
@@ -40,15 +40,7 @@ def test_every_example_is_planned_once_on_any_number_of_ranks(count: int, world_
 
 
 def _run(recipe: dict, tmp_path: Path, name: str, *overrides: str) -> dict:
-    out = tmp_path / name
-    recipe = {**recipe, "train": {**recipe["train"], "output_dir": str(out)}}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(json.dumps(recipe))
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "tempering.cli", "run", str(path), *overrides],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads((out / "summary.json").read_text())
+    return json.loads((run_cli(recipe, tmp_path, name, *overrides) / "summary.json").read_text())
 
 
 def test_ddp_validates_the_whole_set(tiny_recipe, tmp_path) -> None:
