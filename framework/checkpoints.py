@@ -64,7 +64,7 @@ class LastCheckpoint(Callback):
     def save(self, trainer: pl.Trainer) -> None:
         """Write ``last.ckpt`` (a collective: every rank calls it)."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(str(tmp))
+        trainer.save_checkpoint(str(tmp), weights_only=False)  # resumable: optimizer and loops too
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             if tmp.is_dir() and self.path.exists():  # a sharded checkpoint is a folder
