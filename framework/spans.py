@@ -30,7 +30,7 @@ from tempering.templates import TemplateError
 __all__ = ["PROBE", "Span", "SpanFinder", "common_prefix"]
 
 PROBE = "\u27e6tempering-probe\u27e7"
-_NEXT_USER = "\u27e6tempering-next-turn\u27e7"
+_NEXT_TURN = "\u27e6tempering-next-turn\u27e7"
 
 Render = Callable[..., str]
 
@@ -87,14 +87,15 @@ class SpanFinder:
             raise TemplateError(
                 "message 0 is an assistant message: there is no prompt before it, so the "
                 "generation prompt that starts its span cannot be rendered")
-        limit = self._turn_limit(messages, index, text, tokens)
         if content.strip():
             content_end = self.content_end(messages, index, text)
             content_start = self._content_start(messages, index, text, content_end)
             start = self._generation_start(messages, index, text, content_start or content_end)
             if content_start is not None:
                 start = min(start, content_start)
+            limit = self._turn_limit(messages, index, text, tokens, content_end)
         else:  # a tool-call-only turn: what it generates starts at the generation prompt's end
+            limit = self._turn_limit(messages, index, text, tokens, 0)
             content_end = start = self._generation_start(messages, index, text, limit)
         if start > content_end:
             raise TemplateError(
@@ -177,16 +178,25 @@ class SpanFinder:
     # -- end ------------------------------------------------------------------------------
 
     def _turn_limit(self, messages: list[dict[str, Any]], index: int, text: str,
-                    tokens: _Tokens) -> int:
-        """Where the rendering of the message after ``index`` begins (a token boundary)."""
+                    tokens: _Tokens, floor: int) -> int:
+        """Where the rendering of the message after ``index`` begins (a token boundary).
+
+        For the final message: where a placeholder next turn would begin, so that what a
+        template writes after the whole conversation (Phi-3's EOS) is not part of the turn. A
+        placeholder user turn can change how the final turn renders (Qwen3 then drops its think
+        block), so a placeholder assistant turn is tried next, and the end of the text last.
+        """
         if index + 1 < len(messages):
-            through = self.render(messages[:index + 1])
-        else:
+            return tokens.snap(common_prefix(text, self.render(messages[:index + 1])))
+        for role in ("user", "assistant"):
             try:
-                through = self.render(messages + [{"role": "user", "content": _NEXT_USER}])
+                after = self.render(messages + [{"role": role, "content": _NEXT_TURN}])
             except TemplateError:
-                return len(text)
-        return tokens.snap(common_prefix(text, through))
+                continue
+            limit = tokens.snap(common_prefix(text, after))
+            if limit >= floor:
+                return limit
+        return len(text)
 
     def _end_of_turn(self, messages: list[dict[str, Any]], index: int, text: str,
                      tokens: _Tokens, content_end: int, limit: int) -> int | None:

@@ -176,6 +176,21 @@ def test_reasoning_the_template_drops_from_a_trained_turn_is_refused(shared_data
     assert trained_texts(tok, enc) == ["<think>\ncount twice\n</think>\n\n2<|im_end|>"]
 
 
+def test_qwen3_final_tool_call_turn_with_reasoning_is_trained_in_full(shared_data) -> None:
+    # The final turn keeps its think block only while no user turn follows it: the end of
+    # the turn must be found without a placeholder user turn changing how it renders.
+    jinja, tok = _vendor(shared_data, "qwen3", non_special=("<tool_call>", "</tool_call>",
+                                                            "<think>", "</think>"))
+    messages = [_user("Weather in Oslo?"),
+                _assistant("Let me check.", tool_calls=[CALL], reasoning_content="use the tool")]
+    enc = encode_conversation(messages, tok, chat_template=jinja)
+    assert enc.input_ids == list(tok.apply_chat_template(messages, chat_template=jinja,
+                                                         tokenize=True)["input_ids"])
+    assert trained_texts(tok, enc) == [
+        '<think>\nuse the tool\n</think>\n\nLet me check.\n<tool_call>\n{"name": "get_weather", '
+        '"arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>']
+
+
 def test_readers_keep_tool_calls_and_reasoning() -> None:
     record = {"messages": [
         {"role": "user", "content": "Weather?"},
