@@ -45,8 +45,8 @@ def common_prefix(a: str, b: str) -> int:
 
 @dataclass(frozen=True)
 class Span:
-    """The trained characters ``[start, end)`` of one message; ``eot`` is its end-of-turn token
-    index (None when the turn has none)."""
+    """The trained characters ``[start, end)`` of one message; ``eot`` is the token index of its
+    trained end-of-turn token (None when the turn trains none)."""
 
     index: int
     start: int
@@ -90,7 +90,8 @@ class SpanFinder:
         if content.strip():
             content_end = self.content_end(messages, index, text)
             content_start = self._content_start(messages, index, text, content_end)
-            start = self._generation_start(messages, index, text, content_start or content_end)
+            bound = content_end if content_start is None else content_start
+            start = self._generation_start(messages, index, text, bound)
             if content_start is not None:
                 start = min(start, content_start)
             limit = self._turn_limit(messages, index, text, tokens, content_end)
@@ -113,7 +114,7 @@ class SpanFinder:
             end = tokens.offsets[eot][1] if train_on_eot else tokens.offsets[eot][0]
         if end <= start:
             raise TemplateError(f"template {self.name!r}: message {index} renders to an empty span")
-        return Span(index, start, end, eot)
+        return Span(index, start, end, eot if train_on_eot else None)  # eot: a trained stop
 
     # -- content --------------------------------------------------------------------------
 
