@@ -317,3 +317,9 @@ def test_stop_tokens_and_unterminated_turns_are_in_the_data_stats(tiny_recipe) -
     assert stats["end_of_turn_tokens"]["<|im_end|>"] >= stats["train_conversations"]
     assert stats["turns_without_end_of_turn"] == 0
     assert json.dumps(stats)  # plain data for the summary and W&B
+
+
+def test_without_trained_end_of_turn_tokens_no_stop_token_is_reported(tiny_tokenizer) -> None:
+    enc = encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template="chatml",
+                              train_on_eot=False)
+    assert enc.stop_ids == [] and enc.unterminated == [1, 3]
