@@ -127,7 +127,10 @@ def _messages(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
             message["tool_calls"] = calls
         for key in _KEPT_FIELDS:
             if m.get(key) is not None:
-                message[key] = _text(m, key)
+                if not isinstance(m[key], str):
+                    raise BadRecordError("bad_type", f"messages[{i}].{key} must be a string",
+                                         f"messages[{i}].{key}")
+                message[key] = m[key]
         if "train" in m:
             message["train"] = bool(m["train"])
         out.append(message)

@@ -206,6 +206,21 @@ def test_readers_keep_tool_calls_and_reasoning() -> None:
                            "name": "get_weather"}
 
 
+@pytest.mark.parametrize(("message", "field"), [
+    ({"role": "assistant", "content": "", "tool_calls": [{"function": {}}]},
+     "messages[1].tool_calls[0]"),
+    ({"role": "assistant", "content": "x", "tool_calls": "get_weather()"}, "messages[1].tool_calls"),
+    ({"role": "assistant", "content": "x", "reasoning_content": 3}, "messages[1].reasoning_content"),
+    ({"role": "assistant", "content": None}, "messages[1].content"),
+])
+def test_bad_tool_call_and_reasoning_fields_name_their_path(message, field) -> None:
+    from tempering.messages import BadRecordError
+
+    with pytest.raises(BadRecordError) as err:
+        to_messages({"messages": [_user("Q?"), message]}, "messages")
+    assert err.value.field == field
+
+
 def test_tool_calls_survive_tokenization_with_differently_shaped_arguments(shared_data,
                                                                            tmp_path) -> None:
     from tempering.data_sources import BadRecordLog, Conversation
