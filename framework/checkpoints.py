@@ -35,17 +35,21 @@ class LastCheckpoint(Callback):
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_steps = every_n_steps
         self.every_n_seconds = every_n_minutes * 60 if every_n_minutes else None
-        self._saved_step = -1
+        self._saved_step = self._seen_step = -1
         self._saved_at = time.monotonic()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._saved_at = time.monotonic()
-        self._saved_step = trainer.global_step  # a resumed run does not rewrite at once
+        # a resumed run does not rewrite at once
+        self._saved_step = self._seen_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        if step == self._saved_step:  # inside an accumulation window, or already saved
+        stepped, self._seen_step = step != self._seen_step, step
+        # Only right after an optimizer step: inside an accumulation window the gradients
+        # accumulated so far are in no checkpoint, so a resume from there would lose them.
+        if not stepped or step == self._saved_step:
             return
         due = bool(self.every_n_steps) and step % self.every_n_steps == 0  # type: ignore[operator]
         if not due and self.every_n_seconds is not None:

@@ -273,3 +273,31 @@ def test_a_run_on_a_refused_architecture_stops_with_one_clear_line(tiny_recipe, 
     last = err.strip().splitlines()[-1]
     assert last.startswith("tempering: error: ") and "RobertaForCausalLM" in last
     assert "refused" in last
+
+
+def test_last_ckpt_is_written_between_accumulation_windows_only(tiny_recipe, tmp_path) -> None:
+    # every micro-batch is "late"; a checkpoint inside a window would lose its accumulated grads
+    tiny_recipe["data"]["batch_size"] = 1
+    saved = _crash_and_resume(tiny_recipe, tmp_path, 5, "trainer.accumulate_grad_batches=3",
+                              "train.last_checkpoint_every_n_minutes=1e-9")
+    assert saved == 5
+
+
+def test_the_clock_never_saves_inside_an_accumulation_window(monkeypatch, tmp_path) -> None:
+    from types import SimpleNamespace
+
+    import tempering.checkpoints as checkpoints
+
+    clock = [0.0]
+    monkeypatch.setattr(checkpoints.time, "monotonic", lambda: clock[0])
+    saves: list[int] = []
+    trainer = SimpleNamespace(global_step=0, is_global_zero=False,
+                              strategy=SimpleNamespace(broadcast=lambda x: x, barrier=lambda: None))
+    trainer.save_checkpoint = lambda path, weights_only: saves.append(trainer.global_step)
+    callback = checkpoints.LastCheckpoint(tmp_path, every_n_minutes=1)
+    callback.on_train_start(trainer, None)
+    # (global step after the micro-batch, seconds): windows of 2 micro-batches
+    for step, seconds in [(0, 5), (1, 10), (1, 70), (2, 80), (2, 85), (3, 90)]:
+        trainer.global_step, clock[0] = step, seconds
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+    assert saves == [2]  # late at 70 s, mid-window: the save waits for the step at 80 s
