@@ -66,6 +66,7 @@ class SFTModule(pl.LightningModule):
         self.model = model
         self._param_names: set[str] = set()
         self._no_decay: set[str] = set()
+        self._parity_pending = False
         if model is not None:
             self._prepare_model()
         self.val_loss_sum, self.val_nll_sum, self.val_tokens = SumMetric(), SumMetric(), SumMetric()
@@ -84,13 +85,24 @@ class SFTModule(pl.LightningModule):
         from tempering.logit_check import check_logit_parity
         from tempering.optim import clean_name
 
-        check_logit_parity(self.model)
+        # The check runs a short forward where the model is now (the CPU, as loaded), which
+        # eager and sdpa attention can do; other kernels (flash attention) wait for the first
+        # step, on the device.
+        impl = getattr(self.model.config, "_attn_implementation", None)
+        self._parity_pending = impl not in (None, "eager", "sdpa")
+        if not self._parity_pending:
+            check_logit_parity(self.model)
         self._param_names = {clean_name(n) for n, _ in self.model.named_parameters()}
         self._no_decay = no_decay_names(self.model)
 
     # -- steps ------------------------------------------------------------------------------
 
     def _loss(self, batch: dict[str, Any]) -> LossOutput:
+        if self._parity_pending:  # every rank, on the first micro-batch (a forward of its own)
+            from tempering.logit_check import check_logit_parity
+
+            check_logit_parity(self.model)
+            self._parity_pending = False
         out = self.pm.hook.compute_loss(module=self, batch=batch)
         if out is None:
             raise RuntimeError("no compute_loss plugin returned a loss")

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 
 from tempering.recipe import RecipeError, bundled_recipes, load_recipe
 from tempering.training import run_recipe
+from tests.conftest import TINY as TINY_DIR
 
 # -- item 1: pure low-precision weights whose updates round away ------------------------------
 
@@ -301,3 +302,29 @@ def test_the_clock_never_saves_inside_an_accumulation_window(monkeypatch, tmp_pa
         trainer.global_step, clock[0] = step, seconds
         callback.on_train_batch_end(trainer, None, None, None, 0)
     assert saves == [2]  # late at 70 s, mid-window: the save waits for the step at 80 s
+
+
+def test_a_model_with_another_attention_kernel_is_checked_on_its_first_step(tiny_recipe) -> None:
+    import transformers
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from tempering.logit_check import UnsupportedModelError
+    from tempering.module import SFTModule
+    from tempering.plugin_manager import build_plugin_manager, build_registry
+
+    class Shifted(transformers.LlamaForCausalLM):  # logits the chunked loss cannot reproduce
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 2
+            return out
+
+    # a kernel other than eager/sdpa (as flash attention is) is not run on the CPU at load time
+    AttentionInterface.register("tempering_test_kernel", sdpa_attention_forward)
+    config = transformers.AutoConfig.from_pretrained(TINY_DIR)
+    model = Shifted._from_config(config, attn_implementation="tempering_test_kernel")
+    pm = build_plugin_manager()
+    module = SFTModule(load_recipe(tiny_recipe), pm, build_registry(pm), model=model)
+    ids = torch.arange(1, 9)[None]
+    with pytest.raises(UnsupportedModelError, match="Shifted"):
+        module._loss({"input_ids": ids, "labels": ids})
