@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import SumMetric
 
 from tempering.losses import LossOutput, chunked_per_token, supervised_hidden
@@ -198,9 +199,14 @@ class SFTModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.recipe.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        check_update_precision(params, o.lr,
-                               self._sum_over_ranks if self.trainer.world_size > 1 else None)
+        frozen = check_update_precision(
+            self.model.named_parameters(), o.lr,
+            self._sum_over_ranks if self.trainer.world_size > 1 else None)
+        if frozen:
+            rank_zero_warn(
+                f"optim.lr {o.lr:g}: most updates round away in {len(frozen)} low-precision "
+                f"parameter tensors ({', '.join(frozen[:3])}{', ...' if len(frozen) > 3 else ''}), "
+                "which then barely train; fp32 master weights (bf16-mixed) avoid it")
         groups = decay_groups(self.model.named_parameters(), self._no_decay, self._param_names,
                               o.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)

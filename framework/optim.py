@@ -61,33 +61,42 @@ def decay_groups(named: Iterable[tuple[str, torch.nn.Parameter]], no_decay: set[
             {"params": plain, "weight_decay": 0.0}]
 
 
-def check_update_precision(params: Iterable[torch.nn.Parameter], lr: float,
-                           reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+def check_update_precision(named: Iterable[tuple[str, torch.nn.Parameter]], lr: float,
+                           reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                           ) -> list[str]:
     """Raise :class:`LostUpdatesError` when an update of ``lr`` rounds away for too many weights.
 
     Args:
-        params: the trainable parameters (shards under FSDP).
+        named: the model's named parameters (shards under FSDP).
         lr: the peak learning rate.
         reduce: sums a tensor over ranks (so every rank takes the same decision).
+
+    Returns:
+        The (clean) names of the low-precision tensors on this rank for which most updates
+        would round away although the model as a whole passes (norm weights near 1 at lr 1e-4):
+        worth a warning.
     """
     counts = torch.zeros(2, dtype=torch.float64)  # [lost, total] low-precision weights
-    dtypes = set()
+    dtypes, frozen = set(), []
     with torch.no_grad():
-        for p in params:
+        for name, p in named:
             if p.requires_grad and p.dtype in _LOW_PRECISION and p.numel():
-                counts[0] += int(((p + lr) == p).sum())
-                counts[1] += p.numel()
+                lost = int(((p + lr) == p).sum())
+                counts += torch.tensor([lost, p.numel()], dtype=torch.float64)
                 dtypes.add(str(p.dtype).replace("torch.", ""))
+                if lost > p.numel() / 2:
+                    frozen.append(clean_name(name))
     if reduce is not None:
         counts = reduce(counts).cpu()
-    lost, total = float(counts[0]), float(counts[1])
-    if total == 0 or lost / total <= MAX_LOST_FRACTION:
-        return
+    lost_all, total = float(counts[0]), float(counts[1])
+    if total == 0 or lost_all / total <= MAX_LOST_FRACTION:
+        return frozen
     raise LostUpdatesError(
         f"optim.lr {lr:g} is too small for {'/'.join(sorted(dtypes)) or 'low-precision'} weights "
-        f"without fp32 master weights: an update of that size rounds away for {lost / total:.1%} "
-        f"of the {int(total):,} trainable weights. Keep fp32 weights with mixed precision "
-        "(model.dtype: float32 and trainer.precision: bf16-mixed), or raise the learning rate")
+        f"without fp32 master weights: an update of that size rounds away for "
+        f"{lost_all / total:.1%} of the {int(total):,} trainable weights. Keep fp32 weights with "
+        "mixed precision (model.dtype: float32 and trainer.precision: bf16-mixed), or raise the "
+        "learning rate")
 
 
 def grad_norm(params: Iterable[torch.nn.Parameter],

@@ -27,9 +27,15 @@ def test_bf16_weights_at_lr_1e5_are_refused_with_the_reason() -> None:
     from tempering.optim import LostUpdatesError, check_update_precision
 
     with pytest.raises(LostUpdatesError, match=r"rounds away for 8\d\.\d% .*bf16-mixed"):
-        check_update_precision(_weights(torch.bfloat16), 1e-5)
-    check_update_precision(_weights(torch.float32), 1e-5)  # fp32: every update lands
-    check_update_precision(_weights(torch.bfloat16), 1e-2)  # large enough to land
+        check_update_precision(_named(torch.bfloat16), 1e-5)
+    assert check_update_precision(_named(torch.float32), 1e-5) == []  # fp32: every update lands
+    assert check_update_precision(_named(torch.bfloat16), 1e-2) == []  # large enough to land
+    # lr 1e-3 lands on the small weights but not on the norm weight: a warning, not a refusal
+    assert check_update_precision(_named(torch.bfloat16), 1e-3) == ["norm.weight"]
+
+
+def _named(dtype: torch.dtype) -> list[tuple[str, torch.nn.Parameter]]:
+    return list(zip(["proj.weight", "norm.weight"], _weights(dtype), strict=True))
 
 
 def test_the_lost_fraction_is_what_one_real_adamw_step_loses() -> None:
@@ -53,6 +59,14 @@ def test_a_pure_bf16_run_with_a_small_lr_stops_before_training(tiny_recipe) -> N
     tiny_recipe["model"]["dtype"] = "bfloat16"
     tiny_recipe["optim"]["lr"] = 1e-5
     with pytest.raises(LostUpdatesError, match="optim.lr 1e-05"):
+        run_recipe(load_recipe(tiny_recipe))
+
+
+def test_a_pure_bf16_run_whose_norm_weights_cannot_move_is_warned_about(tiny_recipe) -> None:
+    tiny_recipe["model"]["dtype"] = "bfloat16"
+    tiny_recipe["optim"]["lr"] = 1e-3
+    tiny_recipe["trainer"]["max_steps"] = 1
+    with pytest.warns(UserWarning, match=r"most updates round away in \d+ .*norm"):
         run_recipe(load_recipe(tiny_recipe))
 
 
