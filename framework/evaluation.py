@@ -21,13 +21,7 @@ def stop_token_ids(tokenizer: Any, model: Any, encoder: ConversationEncoder,
         ids.add(tokenizer.eos_token_id)
     gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(gen if isinstance(gen, list) else [gen] if gen is not None else [])
-    enc = encoder.encode(sample)
-    if enc.spans:  # the last trained token of a span is its end-of-turn token
-        _, _, end = enc.spans[-1]
-        last = [t for t, (a, b) in enumerate(enc.offsets) if b == end]
-        if last and enc.input_ids[last[0]] in set(tokenizer.all_special_ids) | set(
-                tokenizer.get_added_vocab().values()):
-            ids.add(enc.input_ids[last[0]])
+    ids.update(encoder.encode(sample).stop_ids)  # the trained end-of-turn tokens
     return sorted(ids)
 
 

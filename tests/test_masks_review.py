@@ -338,3 +338,16 @@ def test_without_trained_end_of_turn_tokens_no_stop_token_is_reported(tiny_token
     enc = encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template="chatml",
                               train_on_eot=False)
     assert enc.stop_ids == [] and enc.unterminated == [1, 3]
+
+
+def test_held_out_generation_stops_at_the_trained_end_of_turn(tiny_tokenizer) -> None:
+    from types import SimpleNamespace
+
+    from tempering.encoding import ConversationEncoder
+    from tempering.evaluation import stop_token_ids
+
+    encoder = ConversationEncoder(tiny_tokenizer, chat_template="llama3")
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None))
+    stops = stop_token_ids(tiny_tokenizer, model, encoder, TWO_TURNS)
+    assert stops == sorted({tiny_tokenizer.convert_tokens_to_ids("<|eot_id|>"),
+                            tiny_tokenizer.eos_token_id})
