@@ -49,20 +49,50 @@ def _where(origin: str, exc: BadRecordError) -> str:
     return f"{origin}, field {exc.field}" if exc.field else origin
 
 
-def _iter_json_file(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield ``(origin, record)``; a malformed line yields ``(origin, BadRecordError)``."""
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if path.suffix == ".json" and stripped.startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield f"{path}:{exc.lineno}", BadRecordError("malformed_json", f"invalid JSON: {exc.msg}")
-            return
-        for i, record in enumerate(records):
-            yield f"{path} record {i}", record
+def _decode(data: bytes) -> str | BadRecordError:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadRecordError("bad_encoding", f"not valid UTF-8 (byte {exc.start} of the line: "
+                              f"{data[exc.start:exc.start + 1]!r})")
+
+
+def _iter_json_array(path: Path, raw: bytes) -> Iterator[tuple[str, Any]]:
+    """A JSON array file: records numbered from 1, like JSONL lines."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        yield f"{path}:{line}", BadRecordError("bad_encoding", "not valid UTF-8 (byte "
+                                               f"{raw[exc.start:exc.start + 1]!r})")
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield f"{path}:{exc.lineno}", BadRecordError("malformed_json", f"invalid JSON: {exc.msg}")
+        return
+    for i, record in enumerate(records, start=1):
+        yield f"{path} record {i}", record
+
+
+def _iter_json_file(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(origin, record)``; a bad line yields ``(origin, BadRecordError)``.
+
+    JSONL is split on ``\\n`` only (``\\r\\n`` tolerated): JSON strings may hold U+2028, U+2029
+    and U+0085 raw, which ``str.splitlines`` would split on. Each line is decoded on its own, so
+    one line that is not UTF-8 is one bad record; a leading byte-order mark is accepted.
+    """
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    if path.suffix == ".json" and raw.lstrip().startswith(b"["):
+        yield from _iter_json_array(path, raw)
+        return
+    for lineno, data in enumerate(raw.split(b"\n"), start=1):
+        line = _decode(data.removesuffix(b"\r"))
+        if isinstance(line, BadRecordError):
+            yield f"{path}:{lineno}", line
+            continue
         if not line.strip():
             continue
         try:

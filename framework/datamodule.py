@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from tempering.data_sources import BadRecordLog, Conversation, load_conversations
 from tempering.encoding import IGNORE_INDEX, ConversationEncoder
@@ -31,6 +33,14 @@ def recipe_encoder(recipe: Recipe, tokenizer: Any, registry: Any) -> Conversatio
                                masking=recipe.masking, train_on_eot=recipe.train_on_eot,
                                registry=registry, template_kwargs=recipe.template_kwargs,
                                append_stop_token=recipe.append_stop_token)
+
+
+@rank_zero_only
+def _report_skipped(log: BadRecordLog) -> None:
+    """Say when reading ends what skip mode set aside (the summary and W&B keep it too)."""
+    kinds = ", ".join(f"{kind} {n}" for kind, n in log.counts.most_common())
+    print(f"tempering: skipped {log.total} records ({kinds}); data.on_bad_record: error stops at "
+          "the first one and names its file, line and field", file=sys.stderr)
 
 
 class PlanLoader:
@@ -179,6 +189,8 @@ class SFTDataModule(pl.LightningDataModule):
         lengths, supervised = self.train_data["length"], self.train_data["num_supervised"]
         stops = Counter(i for ids in self.train_data["stop_ids"] for i in ids)
         self.stop_token_ids = [i for i, _ in stops.most_common()]
+        if self.bad_records.total:
+            _report_skipped(self.bad_records)
         self._stats = {
             "train_conversations": len(lengths),
             "val_conversations": 0 if self.val_data is None else len(self.val_data),

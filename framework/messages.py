@@ -24,7 +24,7 @@ class BadRecordError(ValueError):
     """A record that cannot be used; ``kind`` names the problem for the run summary.
 
     Attributes:
-        kind: one of ``malformed_json``, ``missing_field``, ``unknown_role``,
+        kind: one of ``malformed_json``, ``bad_encoding``, ``missing_field``, ``unknown_role``,
             ``empty_assistant``, ``no_assistant``, ``bad_type``, ``template_error``,
             ``too_long``, ``no_supervised_tokens``, ``tool_calls_not_rendered``,
             ``reasoning_not_rendered``.

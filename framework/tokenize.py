@@ -106,7 +106,6 @@ def tokenize_conversations(
         # JSON text, not Arrow structs: nested fields (tool-call arguments) of different shapes
         # would otherwise be merged into one schema and padded with nulls.
         "messages": [json.dumps(c.messages) for c in conversations],
-        "origin": [c.origin for c in conversations],
     })
     cache = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "tempering"
     cache.mkdir(parents=True, exist_ok=True)
@@ -116,6 +115,9 @@ def tokenize_conversations(
         remove_columns=["messages"], new_fingerprint=fingerprint,
         cache_file_name=str(cache / f"{fingerprint}.arrow"), desc=desc,
     )
+    # Where each record came from is attached fresh, never read back from the cache: the same
+    # conversations copied to another file are cached once but reported under the file read.
+    encoded = encoded.add_column("origin", [c.origin for c in conversations])
     kinds = encoded["error_kind"]
     bad = [i for i, k in enumerate(kinds) if k]
     if bad:

@@ -1,0 +1,110 @@
+"""Reading data files: no record lost or misattributed (issue 6, items 1-4)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tempering.data_sources import BadRecordLog, Conversation, DataError, load_conversations
+from tempering.plugins.formatting import format_example
+from tempering.recipe import DataSource
+
+
+def _record(answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": "Say it."},
+                         {"role": "assistant", "content": answer}]}
+
+
+def _read(path: Path, on_bad_record: str = "error") -> tuple[list[Conversation], BadRecordLog]:
+    log = BadRecordLog()
+    conversations = load_conversations([DataSource(path=str(path))],
+                                       lambda record, source: format_example(record, source),
+                                       on_bad_record=on_bad_record, seed=0, log=log)
+    return conversations, log
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_line_separators_inside_json_strings_are_text(tmp_path, separator: str) -> None:
+    answers = ["one", f"two{separator}lines", "three"]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(_record(a), ensure_ascii=False) + "\n" for a in answers)
+                    + '{"messages": [\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"d\.jsonl:4: invalid JSON"):
+        _read(path)
+    conversations, log = _read(path, "skip")
+    assert [c.messages[1]["content"] for c in conversations] == answers
+    assert [c.origin.rsplit(":", 1)[1] for c in conversations] == ["1", "2", "3"]
+    assert dict(log.counts) == {"malformed_json": 1}
+
+
+def test_crlf_lines_are_read(tmp_path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"".join(json.dumps(_record(a)).encode() + b"\r\n" for a in ("x", "y")))
+    assert [c.messages[1]["content"] for c in _read(path)[0]] == ["x", "y"]
+
+
+def test_a_line_that_is_not_utf8_is_one_named_bad_record(tmp_path) -> None:
+    path = tmp_path / "d.jsonl"
+    good = json.dumps(_record("fine")).encode()
+    path.write_bytes(good + b"\n" + good[:-3] + b"\xff\xfe" + good[-3:] + b"\n" + good + b"\n")
+    with pytest.raises(DataError, match=r"d\.jsonl:2: not valid UTF-8"):
+        _read(path)
+    conversations, log = _read(path, "skip")
+    assert [c.origin.rsplit(":", 1)[1] for c in conversations] == ["1", "3"]
+    assert dict(log.counts) == {"bad_encoding": 1}
+
+
+def test_a_byte_order_mark_keeps_the_first_record(tmp_path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(_record("first")).encode() + b"\n")
+    assert [c.messages[1]["content"] for c in _read(path)[0]] == ["first"]
+    array = tmp_path / "d.json"
+    array.write_bytes(b"\xef\xbb\xbf" + json.dumps([_record("a"), _record("b")]).encode())
+    conversations = _read(array)[0]
+    assert [c.origin for c in conversations] == [f"{array} record 1", f"{array} record 2"]
+
+
+def test_errors_name_the_file_read_even_from_the_cache(tiny_tokenizer, tmp_path) -> None:
+    from tempering.encoding import ConversationEncoder
+    from tempering.tokenize import tokenize_conversations
+
+    # record 2 trains nothing (masking per_message, train: false) and is an error
+    records = [_record("ok"), {"messages": [{"role": "user", "content": "q"},
+                                            {"role": "assistant", "content": "a", "train": False}]}]
+    a = tmp_path / "A.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in records))
+    b = tmp_path / "B.jsonl"
+    shutil.copy(a, b)
+    encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml", masking="per_message")
+    for path in (a, b):  # the second tokenization is read from the cache the first wrote
+        conversations = _read(path)[0]
+        with pytest.raises(DataError, match=rf"^{path}:2: "):
+            tokenize_conversations(conversations, encoder, max_length=64, overflow="drop",
+                                   on_bad_record="error", log=BadRecordLog(),
+                                   cache_dir=str(tmp_path / "cache"))
+    data = tokenize_conversations(_read(b)[0][:1], encoder, max_length=64, overflow="drop",
+                                  on_bad_record="error", log=BadRecordLog(),
+                                  cache_dir=str(tmp_path / "cache"))
+    assert data["origin"] == [f"{b}:1"]
+
+
+def test_skip_mode_says_what_it_skipped_when_reading_ends(tiny_recipe, tmp_path, capsys) -> None:
+    from tempering.datamodule import SFTDataModule
+    from tempering.models import load_tokenizer
+    from tempering.plugin_manager import build_plugin_manager, build_registry
+    from tempering.recipe import load_recipe
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"messages": [\n\xff\n')
+    tiny_recipe["data"]["train"].append({"path": str(bad)})
+    tiny_recipe["data"]["on_bad_record"] = "skip"
+    recipe = load_recipe(tiny_recipe)
+    pm = build_plugin_manager()
+    dm = SFTDataModule(recipe, load_tokenizer(recipe.model), pm, build_registry(pm))
+    dm.setup("fit")
+    err = capsys.readouterr().err
+    assert "skipped 2 records (" in err and "malformed_json 1" in err and "bad_encoding 1" in err
+    assert dm.stats()["skipped_records"] == {"malformed_json": 1, "bad_encoding": 1}
