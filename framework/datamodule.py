@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from tempering.data_sources import BadRecordLog, Conversation, load_conversations
+from tempering.data_sources import BadRecordLog, Conversation, DataError, load_conversations
 from tempering.encoding import IGNORE_INDEX, ConversationEncoder
 from tempering.packing import (
     collate_packed,
@@ -180,10 +180,12 @@ class SFTDataModule(pl.LightningDataModule):
             held = set(order[:cut])
             val = [c for i, c in enumerate(train) if i in held]
             train = [c for i, c in enumerate(train) if i not in held]
+        records = len(train) + self.bad_records.total  # read from the training sources
         if not train:
-            raise ValueError("no training conversation left after reading the sources "
-                             f"(skipped: {dict(self.bad_records.counts)})")
+            raise self._no_data(records, 0)
         self.train_data = self._tokenize(train, "Tokenizing train")
+        if len(self.train_data) == 0:
+            raise self._no_data(records, len(train))
         self.val_conversations = val
         self.val_data = self._tokenize(val, "Tokenizing validation") if val else None
         lengths, supervised = self.train_data["length"], self.train_data["num_supervised"]
@@ -204,6 +206,15 @@ class SFTDataModule(pl.LightningDataModule):
             "turns_without_end_of_turn": int(sum(self.train_data["unterminated"])),
         }
         self._prepared = True
+
+    def _no_data(self, records: int, readable: int) -> DataError:
+        """Nothing to train on: say how much was read and why each record was set aside."""
+        d = self.recipe.data
+        why = {"too_long": f"longer than data.max_length {d.max_length}"}
+        kinds = "; ".join(f"{kind}: {n}" + (f" ({why[kind]})" if kind in why else "")
+                          for kind, n in self.bad_records.counts.most_common()) or "none"
+        return DataError(f"no training conversation is usable: {records} records read from "
+                         f"data.train, {readable} readable; set aside: {kinds}")
 
     # -- batches ----------------------------------------------------------------------------
 

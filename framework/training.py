@@ -86,12 +86,15 @@ def _callbacks(recipe: Recipe, output_dir: Path) -> list[Any]:
     # Checkpoints live in the run directory: always a last.ckpt on a schedule (steps, minutes,
     # epoch ends, the end) for `train.resume_from: last`, and every N steps when asked (all kept).
     t = recipe.train
+    if recipe.trainer.get("enable_checkpointing") is False:
+        return []  # the recipe asked for no checkpoints at all
     folder = output_dir / "checkpoints"
     steps = t.last_checkpoint_every_n_steps or t.checkpoint_every_n_steps  # at least as fresh
     callbacks: list[Any] = [LastCheckpoint(folder, every_n_steps=steps,
                                            every_n_minutes=t.last_checkpoint_every_n_minutes)]
     if t.checkpoint_every_n_steps:
         callbacks.append(ModelCheckpoint(dirpath=str(folder), filename="step-{step}",
+                                         auto_insert_metric_name=False,  # step-40.ckpt
                                          every_n_train_steps=t.checkpoint_every_n_steps,
                                          save_top_k=-1, save_last=False))
     return callbacks
@@ -185,10 +188,10 @@ def _finish(trainer: pl.Trainer, module: SFTModule, dm: SFTDataModule, recipe: R
     summary["final_model"] = str(final) if final else None
     log_run_end(logger, recipe, summary, final)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     wandb_dir = finish_tracking(logger)
     if wandb_dir:
         summary["wandb_dir"] = wandb_dir
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
 def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, Any]:

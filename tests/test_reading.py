@@ -108,3 +108,51 @@ def test_skip_mode_says_what_it_skipped_when_reading_ends(tiny_recipe, tmp_path,
     err = capsys.readouterr().err
     assert "skipped 2 records (" in err and "malformed_json 1" in err and "bad_encoding 1" in err
     assert dm.stats()["skipped_records"] == {"malformed_json": 1, "bad_encoding": 1}
+
+
+# -- item 6 and 8: a run's exit status and outputs tell the truth ------------------------------
+
+
+def test_a_run_with_no_usable_data_fails_with_the_reasons(tiny_recipe, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    tiny_recipe["data"]["max_length"] = 8  # every conversation is longer
+    tiny_recipe["eval"]["before_training"] = True
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(tiny_recipe))
+    proc = subprocess.run([sys.executable, "-m", "tempering.cli", "run", str(path)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+    assert last.startswith("tempering: error: no training conversation is usable: 64 records")
+    assert "too_long: 64 (longer than data.max_length 8)" in last
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_checkpoint_settings_are_honoured_and_named_plainly(tiny_recipe, tmp_path) -> None:
+    from tempering.recipe import load_recipe
+    from tempering.training import run_recipe
+
+    tiny_recipe["trainer"].update(max_steps=4, enable_checkpointing=False)
+    run_recipe(load_recipe(tiny_recipe))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    tiny_recipe["trainer"].pop("enable_checkpointing")
+    tiny_recipe["train"].update(checkpoint_every_n_steps=2, output_dir=str(tmp_path / "run2"))
+    run_recipe(load_recipe(tiny_recipe))
+    names = sorted(p.name for p in (tmp_path / "run2" / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step-2.ckpt", "step-4.ckpt"]
+
+
+def test_summary_json_names_the_wandb_run(tiny_recipe, tmp_path) -> None:
+    from tempering.recipe import load_recipe
+    from tempering.training import run_recipe
+
+    tiny_recipe["wandb"] = {"mode": "offline"}
+    tiny_recipe["trainer"]["max_steps"] = 1
+    summary = run_recipe(load_recipe(tiny_recipe))
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written["wandb_dir"] == summary["wandb_dir"] and Path(written["wandb_dir"]).is_dir()
