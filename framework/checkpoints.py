@@ -4,13 +4,15 @@ Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when i
 checkpoint, so a run without a step schedule had nothing to resume from after a crash. This
 callback rewrites ``checkpoints/last.ckpt`` every N optimizer steps and/or every M minutes, at
 the end of each epoch and at the end of training. It writes a temporary file first and renames
-it, so a crash while saving leaves the previous ``last.ckpt`` intact.
+it, so a crash while saving leaves the previous ``last.ckpt`` intact. :class:`GracefulStop` turns
+SIGTERM and SIGINT into a checkpoint at the next optimizer step and a clean stop.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-__all__ = ["LastCheckpoint"]
+__all__ = ["LastCheckpoint", "GracefulStop", "RunInterrupted"]
 
 
 class LastCheckpoint(Callback):
@@ -77,3 +79,66 @@ class LastCheckpoint(Callback):
         trainer.strategy.barrier()
         self._saved_step = trainer.global_step
         self._saved_at = time.monotonic()
+
+
+class RunInterrupted(Exception):
+    """Training stopped on SIGTERM or SIGINT, after saving ``last.ckpt``.
+
+    Attributes:
+        signal_name: ``SIGTERM`` or ``SIGINT``.
+        exit_code: 128 + the signal number, as a shell reports a process killed by it.
+    """
+
+    def __init__(self, signal_name: str, message: str) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+        self.exit_code = 128 + int(getattr(signal, signal_name, signal.SIGTERM))
+
+
+class GracefulStop(Callback):
+    """On SIGTERM or SIGINT: finish the optimizer step, save ``last.ckpt``, stop training.
+
+    Lightning alone exits 0 on SIGTERM without a checkpoint, so a scheduler would record a
+    killed run as a success; the run driver turns :attr:`interrupted` into a summary marked
+    interrupted and a non-zero exit. A second SIGINT stops at once.
+
+    Args:
+        last: the ``last.ckpt`` writer (None when checkpointing is off).
+    """
+
+    def __init__(self, last: LastCheckpoint | None) -> None:
+        self.last = last
+        self.requested: str | None = None
+        self.interrupted: str | None = None
+        self._seen_step = -1
+        self._previous: dict[int, Any] = {}
+
+    def _request(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._seen_step = trainer.global_step
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:  # replaces Lightning's SIGTERM handler for the training loop
+                self._previous[signum] = signal.signal(signum, self._request)
+            except ValueError:  # not the main thread: signals are not ours to handle
+                pass
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        stepped, self._seen_step = trainer.global_step != self._seen_step, trainer.global_step
+        if not stepped:  # stop only between optimizer steps, where a checkpoint is exact
+            return
+        if not trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False):
+            return
+        if self.last is not None and self.last._saved_step != trainer.global_step:
+            self.last.save(trainer)
+        self.interrupted = self.requested or "SIGTERM"  # another rank got it
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()

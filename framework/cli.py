@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point; user errors print one line and exit 2."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from tempering.checkpoints import RunInterrupted
     from tempering.data_sources import DataError
     from tempering.logit_check import UnsupportedModelError
     from tempering.plugin_manager import ComponentError
@@ -193,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                    MisconfigurationException, UnsupportedModelError)
     try:
         return args.fn(args)
+    except RunInterrupted as exc:  # a checkpoint is saved; a scheduler must see a failure
+        print(f"tempering: {exc}", file=sys.stderr)
+        return exc.exit_code
     except Exception as exc:
         # Configuration mistakes (ours, or Lightning's ValueErrors about trainer arguments) are
         # one line; TEMPERING_DEBUG=1 shows the traceback.

@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from tempering.checkpoints import LastCheckpoint
+from tempering.checkpoints import GracefulStop, LastCheckpoint, RunInterrupted
 from tempering.datamodule import SFTDataModule
 from tempering.evaluation import exact_match
 from tempering.models import load_tokenizer
@@ -194,6 +194,24 @@ def _finish(trainer: pl.Trainer, module: SFTModule, dm: SFTDataModule, recipe: R
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
+def _interrupted(trainer: pl.Trainer, stop: GracefulStop, logger: Any, summary: dict[str, Any],
+                 output_dir: Path) -> None:
+    """A signal stopped training: summary marked interrupted (no final model), then raise."""
+    saved = stop.last is not None
+    summary.update(interrupted=stop.interrupted, final_model=None,
+                   resume="train.resume_from=last" if saved else None)
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        wandb_dir = finish_tracking(logger)
+        if wandb_dir:
+            summary["wandb_dir"] = wandb_dir
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    where = (f"checkpoints/last.ckpt holds step {trainer.global_step}; continue with "
+             "train.resume_from=last" if saved else "checkpointing is off, nothing was saved")
+    raise RunInterrupted(str(stop.interrupted), f"interrupted by {stop.interrupted} at step "
+                         f"{trainer.global_step}: {where}")
+
+
 def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Train as the recipe says; returns (and writes to ``summary.json``) the run summary.
 
@@ -215,8 +233,9 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     args = trainer_arguments(recipe, output_dir)
     if dm.val_data is None:
         args.setdefault("limit_val_batches", 0)  # nothing to validate on
-    trainer = pl.Trainer(logger=logger,
-                         callbacks=_callbacks(recipe, output_dir) + list(callbacks or []), **args)
+    ours = _callbacks(recipe, output_dir)
+    stop = GracefulStop(next((c for c in ours if isinstance(c, LastCheckpoint)), None))
+    trainer = pl.Trainer(logger=logger, callbacks=ours + [stop] + list(callbacks or []), **args)
     _set_stop_tokens(module.model, tokenizer, dm)
     summary: dict[str, Any] = {"recipe": recipe.name, "output_dir": str(output_dir), **dm.stats()}
     if trainer.is_global_zero:
@@ -227,6 +246,8 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(recipe, output_dir))
     summary["train_seconds"] = round(time.perf_counter() - started, 2)
     summary["global_step"] = trainer.global_step
+    if stop.interrupted:
+        _interrupted(trainer, stop, logger, summary, output_dir)
     summary["empty_micro_batches_per_epoch"] = dm.empty_micro_batches(trainer.world_size)
     summary.update({k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()
                     if v.numel() == 1})

@@ -156,3 +156,41 @@ def test_summary_json_names_the_wandb_run(tiny_recipe, tmp_path) -> None:
     summary = run_recipe(load_recipe(tiny_recipe))
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert written["wandb_dir"] == summary["wandb_dir"] and Path(written["wandb_dir"]).is_dir()
+
+
+# -- item 7: a signal is a checkpoint, a summary marked interrupted and a non-zero exit --------
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_saves_a_checkpoint_and_fails_the_run(tiny_recipe, tmp_path, signame) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    tiny_recipe["trainer"]["max_steps"] = 100000  # far more than the test waits for
+    tiny_recipe["train"]["checkpoint_every_n_steps"] = 2
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(tiny_recipe))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "tempering.cli", "run", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert last.exists(), "training never started"
+        proc.send_signal(getattr(signal, signame))
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + getattr(signal, signame), err[-3000:]
+    assert f"tempering: interrupted by {signame} at step" in err and "Traceback" not in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["interrupted"] == signame and summary["final_model"] is None
+    assert torch.load(last, weights_only=False)["global_step"] == summary["global_step"] > 0
+    assert not (tmp_path / "run" / "final").exists()
