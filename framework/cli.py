@@ -154,7 +154,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tempering", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train as a recipe says")
+    run = sub.add_parser(
+        "run", help="train as a recipe says", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="A run directory (train.output_dir) holds one run. Continue a stopped or crashed run "
+               "with\n  tempering run RECIPE train.resume_from=last\n(its latest checkpoint; the "
+               "W&B run continues), or start over with train.overwrite=true.\nSIGTERM or Ctrl+C "
+               "saves checkpoints/last.ckpt and exits 143 or 130.")
     run.add_argument("recipe", help="recipe file or bundled recipe name")
     run.add_argument("overrides", nargs="*", help="key.path=value overrides")
     run.set_defaults(fn=_cmd_run)

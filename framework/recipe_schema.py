@@ -96,7 +96,10 @@ class TrainConfig:
     last_checkpoint_every_n_minutes: float | None = doc(
         "Rewrite `checkpoints/last.ckpt` when this many minutes have passed since the last one, "
         "so that a crashed run loses at most that much (null: only steps and epoch ends).", 10.0)
-    resume_from: str | None = doc("Checkpoint path, or `last` for the run's last checkpoint.")
+    resume_from: str | None = doc("Checkpoint path, or `last` for this run directory's latest "
+                                  "checkpoint (the W&B run continues too).")
+    overwrite: bool = doc("Delete an earlier run in `output_dir` and start over (without it, a "
+                          "run directory that holds a run is refused unless resuming).", False)
     save_final: bool = doc("save_pretrained the final model + tokenizer (with chat template).", True)
 
 

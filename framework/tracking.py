@@ -13,16 +13,22 @@ __all__ = ["make_logger", "render_trained", "log_run_start", "log_run_end", "fin
 
 
 def make_logger(recipe: Recipe, output_dir: Path) -> Any:
-    """A WandbLogger (offline mode needs no account) or a CSVLogger when W&B is off."""
+    """A WandbLogger (offline mode needs no account) or a CSVLogger when W&B is off.
+
+    The W&B run id belongs to the run directory, so a resumed run continues its W&B run.
+    """
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from tempering.run_dir import wandb_run_id
 
     w = recipe.wandb
     if not w.enabled or w.mode == "disabled":
         return CSVLogger(save_dir=str(output_dir), name="logs")
     output_dir.mkdir(parents=True, exist_ok=True)
+    run_id = wandb_run_id(output_dir, resuming=bool(recipe.train.resume_from))
     return WandbLogger(project=w.project, name=w.name or recipe.name, save_dir=str(output_dir),
-                       offline=w.mode == "offline", tags=w.tags or None,
-                       log_model=False)
+                       offline=w.mode == "offline", tags=w.tags or None, id=run_id,
+                       resume="allow", log_model=False)
 
 
 def render_trained(tokenizer: Any, input_ids: list[int], labels: list[int]) -> str:

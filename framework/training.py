@@ -17,6 +17,7 @@ from tempering.models import load_tokenizer
 from tempering.module import SFTModule
 from tempering.plugin_manager import build_plugin_manager, build_registry
 from tempering.recipe import Recipe, RecipeError, validate_components
+from tempering.run_dir import prepare_run_dir
 from tempering.tracking import finish_tracking, log_run_end, log_run_start, make_logger
 
 __all__ = ["run_recipe", "trainer_arguments", "build_strategy"]
@@ -224,6 +225,7 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     validate_components(recipe, registry)
     pl.seed_everything(recipe.train.seed, workers=True, verbose=False)
     output_dir = Path(recipe.train.output_dir.format(name=recipe.name))
+    prepare_run_dir(recipe, output_dir)  # never mix this run with an earlier one
     tokenizer = load_tokenizer(recipe.model)
     dm = SFTDataModule(recipe, tokenizer, pm, registry)
     module = SFTModule(recipe, pm, registry)

@@ -194,3 +194,47 @@ def test_a_signal_saves_a_checkpoint_and_fails_the_run(tiny_recipe, tmp_path, si
     assert summary["interrupted"] == signame and summary["final_model"] is None
     assert torch.load(last, weights_only=False)["global_step"] == summary["global_step"] > 0
     assert not (tmp_path / "run" / "final").exists()
+
+
+# -- item 5: a run directory holds one run -----------------------------------------------------
+
+
+def _cli(path: Path, *overrides: str):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "tempering.cli", "run", str(path), *overrides],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+
+
+def test_a_reused_run_directory_is_refused_started_over_or_resumed(tiny_recipe, tmp_path) -> None:
+    tiny_recipe["trainer"]["max_steps"] = 6
+    tiny_recipe["wandb"] = {"mode": "offline"}
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(tiny_recipe))
+    run = tmp_path / "run"
+    first = _cli(path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_id = (run / "wandb_run_id").read_text().strip()
+
+    again = _cli(path, "trainer.max_steps=4")
+    assert again.returncode == 2
+    line = again.stderr.strip().splitlines()[-1]
+    assert "already holds a run" in line and "train.resume_from=last" in line
+    assert "train.overwrite=true" in line
+    assert json.loads((run / "summary.json").read_text())["global_step"] == 6  # untouched
+
+    resumed = _cli(path, "trainer.max_steps=8", "train.resume_from=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_step"] == 8
+    assert summary["wandb_dir"].endswith(run_id)  # the same W&B run continues
+
+    over = _cli(path, "trainer.max_steps=4", "train.overwrite=true")
+    assert over.returncode == 0, over.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_step"] == 4
+    assert (run / "wandb_run_id").read_text().strip() != run_id
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # the old run is gone

@@ -106,7 +106,8 @@ def test_gradient_is_the_token_mean_whatever_the_micro_batching(tiny_recipe):
     grads = []
     for batch_size, accumulate in [(4, 1), (2, 2), (1, 4)]:
         recipe = load_recipe(tiny_recipe, [f"data.batch_size={batch_size}",
-                                           f"trainer.accumulate_grad_batches={accumulate}"])
+                                           f"trainer.accumulate_grad_batches={accumulate}",
+                                           "train.overwrite=true"])
         cb = _Grads()
         run_recipe(recipe, callbacks=[cb])
         grads.append(cb.grads)
