@@ -152,7 +152,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tempering", description=__doc__)
+    from tempering import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tempering", description="Post-training for language models on PyTorch Lightning: "
+        "SFT with exact chat-template masks, recipes, plugins, W&B tracking.")
+    parser.add_argument("--version", action="version", version=f"tempering {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show tracebacks and library messages")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run", help="train as a recipe says", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -183,29 +190,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point; user errors print one line and exit 2."""
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Arguments, with ``key=value`` overrides accepted before or after options."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-")
+                                                    for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Mistakes a person can fix: one line, not a traceback (imported only when needed)."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from tempering.checkpoints import RunInterrupted
     from tempering.data_sources import DataError
     from tempering.logit_check import UnsupportedModelError
     from tempering.plugin_manager import ComponentError
     from tempering.recipe import RecipeError
     from tempering.templates import TemplateError
 
-    args = _parser().parse_args(argv)
-    user_errors = (RecipeError, DataError, TemplateError, ComponentError, FileNotFoundError,
-                   MisconfigurationException, UnsupportedModelError)
+    return (RecipeError, DataError, TemplateError, ComponentError, FileNotFoundError,
+            MisconfigurationException, UnsupportedModelError, ValueError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; user errors print one line and exit 2 (``-v``: the traceback)."""
+    args = _parse(argv)
     try:
         return args.fn(args)
-    except RunInterrupted as exc:  # a checkpoint is saved; a scheduler must see a failure
-        print(f"tempering: {exc}", file=sys.stderr)
-        return exc.exit_code
     except Exception as exc:
+        from tempering.checkpoints import RunInterrupted
+
+        if isinstance(exc, RunInterrupted):  # a checkpoint is saved; a scheduler sees a failure
+            print(f"tempering: {exc}", file=sys.stderr)
+            return exc.exit_code
         # Configuration mistakes (ours, or Lightning's ValueErrors about trainer arguments) are
-        # one line; TEMPERING_DEBUG=1 shows the traceback.
-        if os.environ.get("TEMPERING_DEBUG") or not isinstance(exc, (*user_errors, ValueError)):
+        # one line; -v or TEMPERING_DEBUG=1 shows the traceback.
+        verbose = args.verbose or os.environ.get("TEMPERING_DEBUG")
+        if verbose or not isinstance(exc, _user_errors()):
             raise
         print(f"tempering: error: {exc}", file=sys.stderr)
         return 2

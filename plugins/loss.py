@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tempering import hookimpl
-from tempering.losses import LossOutput, supervised_loss
+
+if TYPE_CHECKING:  # torch loads when a loss is computed, not when plugins are listed
+    from tempering.losses import LossOutput
 
 __all__ = ["compute_loss"]
 
 
 @hookimpl(trylast=True)
 def compute_loss(module: Any, batch: dict[str, Any]) -> LossOutput:
+    from tempering.losses import supervised_loss
+
     return supervised_loss(module, batch)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
 from tempering import Objective, hookimpl
+
+if TYPE_CHECKING:  # torch loads when a loss is computed, not when plugins are listed
+    import torch
 
 __all__ = ["cross_entropy"]
 
@@ -21,6 +21,8 @@ def cross_entropy(
     **_: Any,
 ) -> torch.Tensor:  # [n]
     """Negative log-likelihood of the label, computed in float32."""
+    import torch.nn.functional as F
+
     return F.cross_entropy(
         student_logits.float(), labels, reduction="none", label_smoothing=label_smoothing
     )
