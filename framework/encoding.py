@@ -26,9 +26,9 @@ __all__ = ["IGNORE_INDEX", "ENCODER_FORMAT", "Encoded", "ConversationEncoder",
            "UnrenderedFieldError", "encode_conversation"]
 
 IGNORE_INDEX = -100
-# Bump whenever the labels the encoder produces for the same input change: it is part of the
-# tokenization cache's fingerprint, so stale labels are never read back after an upgrade.
-ENCODER_FORMAT = 2
+# Bump whenever the labels the encoder produces, or the columns the tokenization cache holds,
+# change: it is part of the cache's fingerprint, so stale data is never read back after an upgrade.
+ENCODER_FORMAT = 3
 
 
 class UnrenderedFieldError(TemplateError):

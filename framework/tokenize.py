@@ -117,6 +117,8 @@ def tokenize_conversations(
     )
     # Where each record came from is attached fresh, never read back from the cache: the same
     # conversations copied to another file are cached once but reported under the file read.
+    if "origin" in encoded.column_names:  # a cache written before origins were kept out of it
+        encoded = encoded.remove_columns(["origin"])
     encoded = encoded.add_column("origin", [c.origin for c in conversations])
     kinds = encoded["error_kind"]
     bad = [i for i, k in enumerate(kinds) if k]
