@@ -65,9 +65,12 @@ def _cmd_check_template(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from tempering.encoding import ConversationEncoder
+    from tempering.models import loading
     from tempering.recipe import resolve_bundled
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_bundled(args.tokenizer))
+    location = resolve_bundled(args.tokenizer)
+    with loading("--tokenizer", location):
+        tokenizer = AutoTokenizer.from_pretrained(location)
     spec = None if args.chat_template in (None, "tokenizer") else args.chat_template
     encoder = ConversationEncoder(tokenizer, chat_template=spec, masking=args.masking,
                                   append_stop_token=args.append_stop_token)
@@ -101,9 +104,10 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     from tempering.datamodule import recipe_encoder
     from tempering.models import load_tokenizer
     from tempering.plugin_manager import build_plugin_manager, build_registry
-    from tempering.recipe import load_recipe
+    from tempering.recipe import check_locations, load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    check_locations(recipe)
     pm = build_plugin_manager(recipe.plugins)
     registry = build_registry(pm)
     tokenizer = load_tokenizer(recipe.model)
@@ -221,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
         return args.fn(args)
+    except BrokenPipeError:  # the reader went away (`tempering plugins | head -1`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 141  # 128 + SIGPIPE, as a shell reports a writer whose reader closed
     except Exception as exc:
         from tempering.checkpoints import RunInterrupted
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ import torch
 
 from tempering.recipe import ModelConfig, RecipeError, resolve_bundled
 
-__all__ = ["load_tokenizer", "load_model", "has_weights"]
+__all__ = ["load_tokenizer", "load_model", "has_weights", "loading"]
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
@@ -21,13 +23,28 @@ def has_weights(location: str) -> bool:
     return not path.is_dir() or any((path / f).exists() for f in _WEIGHT_FILES)
 
 
+@contextlib.contextmanager
+def loading(key: str, location: str) -> Iterator[None]:
+    """A location that cannot be loaded (missing, offline hub, no access) is one line."""
+    if location.startswith(("/", ".", "~")) and not Path(location).expanduser().exists():
+        raise RecipeError(f"{key}: {location} does not exist")
+    try:
+        yield
+    except OSError as exc:  # transformers reports missing files and hub failures as OSError
+        problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RecipeError(f"{key}: cannot load {location!r}: {problem}") from exc
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
     """The recipe's fast tokenizer; a pad token falls back to EOS only when none is defined."""
     from transformers import AutoTokenizer
 
     location = resolve_bundled(cfg.tokenizer or cfg.name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(
-        location, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, use_fast=True)
+    key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
+    with loading(key, location):
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+            use_fast=True)
     if not tokenizer.is_fast:
         raise RecipeError(f"model.tokenizer: {location} has no fast tokenizer; exact masks need "
                           "character offsets")
@@ -44,8 +61,9 @@ def load_model(cfg: ModelConfig, seed: int) -> Any:
     if cfg.attn_implementation:
         common["attn_implementation"] = cfg.attn_implementation
     if cfg.init == "random":
-        config = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code,
-                                            revision=cfg.revision)
+        with loading("model.name_or_path", location):
+            config = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code,
+                                                revision=cfg.revision)
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype if dtype != "auto" else torch.float32,
@@ -56,7 +74,8 @@ def load_model(cfg: ModelConfig, seed: int) -> Any:
             raise RecipeError(
                 f"model.name_or_path: {cfg.name_or_path} has a config but no weights; set "
                 "model.init: random to train it from scratch")
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **common)
+        with loading("model.name_or_path", location):
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **common)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

@@ -29,7 +29,7 @@ __all__ = [
     "Recipe", "RecipeError", "DataSource", "DataConfig", "ModelConfig", "ObjectiveConfig",
     "OptimConfig", "TrainConfig", "EvalConfig", "WandbConfig",
     "bundled_recipes", "find_recipe", "load_recipe", "parse_overrides", "resolve_bundled",
-    "validate_components", "to_dict",
+    "validate_components", "check_locations", "to_dict",
 ]
 
 BUNDLED_PREFIX = "bundled:"
@@ -75,24 +75,38 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"override {item!r} is not of the form key.path=value")
-        parsed[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        try:
+            parsed[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            problem = str(exc).strip().splitlines()[0]
+            raise RecipeError(f"override {item!r}: the value is not valid YAML ({problem})"
+                              ) from None
     return parsed
 
 
 def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    node = raw
+    node: Any = raw
     parts = dotted.split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth]) or "the recipe"
+        last = depth == len(parts) - 1
         if isinstance(node, list):
-            node = node[int(part)]
-            continue
-        if node.get(part) is None:
-            node[part] = {}
-        node = node[part]
-    if isinstance(node, list):
-        node[int(parts[-1])] = value
-    else:
-        node[parts[-1]] = value
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"override {dotted}: {where} is a list of {len(node)}; "
+                                  f"{part!r} is not one of its indices 0..{len(node) - 1}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise RecipeError(f"override {dotted}: {where} is {node!r}, not a mapping or a list")
 
 
 def _type_name(tp: Any) -> str:
@@ -149,6 +163,10 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
         if key not in fields:
             raise RecipeError(f"{path}: unknown key{closest(key, fields)}")
         converted = _convert(value, hints[key], path)
+        minimum = fields[key].metadata.get("minimum")
+        if minimum is not None and isinstance(converted, (int, float)) and converted < minimum:
+            raise RecipeError(f"{path}: {converted!r} is below the smallest allowed value "
+                              f"{minimum:g}")
         choices = fields[key].metadata.get("choices")
         if choices and converted not in choices:
             raise RecipeError(f"{path}: {converted!r} is not one of {', '.join(choices)}"
@@ -157,13 +175,72 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _allowed(annotation: Any) -> tuple[Any, ...] | None:
+    """The plain values an annotation admits (types and Literal values), or None if it admits
+    anything we do not check (objects, containers)."""
+    if annotation in (int, float, bool, str, type(None)):
+        return (annotation,)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_allowed(a) for a in typing.get_args(annotation)]
+        return None if any(p is None for p in parts) else tuple(x for p in parts if p for x in p)
+    return None
+
+
+def _admits(value: Any, allowed: tuple[Any, ...]) -> bool:
+    for a in allowed:
+        if isinstance(a, type):
+            if a is float and isinstance(value, int) and not isinstance(value, bool):
+                return True
+            if isinstance(value, a) and not (a is int and isinstance(value, bool)):
+                return True
+        elif value == a and type(value) is type(a):
+            return True
+    return False
+
+
 def _check_trainer_args(trainer: dict[str, Any]) -> None:
     from lightning.pytorch import Trainer
 
     valid = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
-    for key in trainer:
+    hints = typing.get_type_hints(Trainer.__init__)
+    for key, value in trainer.items():
         if key not in valid:
             raise RecipeError(f"trainer.{key}: not a lightning.Trainer argument{closest(key, valid)}")
+        allowed = _allowed(hints.get(key, Any))
+        if allowed is not None and key != "strategy" and not _admits(value, allowed):
+            kinds = ", ".join(a.__name__ if isinstance(a, type) else repr(a) for a in allowed)
+            raise RecipeError(f"trainer.{key}: {value!r} is not one of: {kinds}")
+
+
+def _looks_local(location: str) -> bool:
+    return location.startswith(("/", ".", "~")) or Path(location).suffix in (".json", ".jsonl")
+
+
+def _check_location(key: str, location: str | None) -> None:
+    if location is None:
+        return
+    if not location:
+        raise RecipeError(f"{key}: missing")
+    if location.startswith(BUNDLED_PREFIX):
+        try:
+            resolve_bundled(location)
+        except RecipeError as exc:
+            raise RecipeError(f"{key}: {exc}") from None
+    elif _looks_local(location) and not Path(location).expanduser().exists():
+        raise RecipeError(f"{key}: {location} does not exist")
+
+
+def check_locations(recipe: Recipe) -> None:
+    """Every local data source and model exists, before anything is read (hub ids are not
+    checked here). Separate from loading, so a recipe for another machine still validates."""
+    for section in ("train", "validation"):
+        for i, source in enumerate(getattr(recipe.data, section)):
+            _check_location(f"data.{section}[{i}].path", source.path)
+    _check_location("model.name_or_path", recipe.model.name_or_path)
+    _check_location("model.tokenizer", recipe.model.tokenizer)
 
 
 def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:

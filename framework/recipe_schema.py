@@ -11,8 +11,9 @@ __all__ = [
 ]
 
 
-def doc(text: str, default: Any = None, *, choices: tuple[str, ...] = (), factory: Any = None) -> Any:
-    meta = {"doc": text, "choices": choices}
+def doc(text: str, default: Any = None, *, choices: tuple[str, ...] = (), factory: Any = None,
+        minimum: float | None = None) -> Any:
+    meta = {"doc": text, "choices": choices, "minimum": minimum}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -52,16 +53,16 @@ class DataConfig:
     validation: list[DataSource] = doc("Validation sources; empty = hold out `val_fraction`.",
                                        factory=list)
     val_fraction: float = doc("Fraction of training conversations held out for validation.", 0.0)
-    max_length: int = doc("Maximum tokens per conversation.", 2048)
+    max_length: int = doc("Maximum tokens per conversation.", 2048, minimum=1)
     overflow: str = doc("Longer conversations: `drop` (counted) or `truncate_turns` (keep the "
                         "leading whole turns that fit).", "drop", choices=("drop", "truncate_turns"))
     packing: bool = doc("Pack conversations into rows of `max_length` tokens (best-fit decreasing).",
                         True)
     group_by_length: bool = doc("Without packing, batch conversations of similar length.", True)
-    batch_size: int = doc("Rows per micro-batch per device.", 8)
+    batch_size: int = doc("Rows per micro-batch per device.", 8, minimum=1)
     on_bad_record: str = doc("`error` stops at the first bad record; `skip` counts and reports.",
                              "error", choices=("error", "skip"))
-    num_proc: int = doc("Processes for tokenization (datasets.map).", 1)
+    num_proc: int = doc("Processes for tokenization (datasets.map).", 1, minimum=1)
     cache_dir: str | None = doc("Where tokenized data is cached (default: datasets' cache).")
 
 
@@ -73,7 +74,7 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = doc("Peak learning rate (AdamW).", 2e-5)
+    lr: float = doc("Peak learning rate (AdamW).", 2e-5, minimum=0)
     weight_decay: float = doc("AdamW weight decay (not applied to norms and biases).", 0.0)
     betas: list[float] = doc("AdamW betas.", factory=lambda: [0.9, 0.999])
     eps: float = doc("AdamW epsilon.", 1e-8)
@@ -87,15 +88,19 @@ class OptimConfig:
 class TrainConfig:
     seed: int = doc("Seed for model init, data order and everything else.", 0)
     output_dir: str = doc("Run directory (checkpoints, final model, summary).", "runs/{name}")
-    loss_chunk_size: int = doc("Supervised positions projected to the vocabulary at a time.", 1024)
+    loss_chunk_size: int = doc("Supervised positions projected to the vocabulary at a time "
+                               "(0: all at once).", 1024, minimum=0)
     checkpoint_every_n_steps: int | None = doc("Also keep a resumable checkpoint every N steps "
-                                               "(`checkpoints/step-N.ckpt`, all kept).")
+                                               "(`checkpoints/step-N.ckpt`, all kept).",
+                                               minimum=1)
     last_checkpoint_every_n_steps: int | None = doc(
         "Rewrite `checkpoints/last.ckpt` every N optimizer steps (default: "
-        "`checkpoint_every_n_steps`); it is also written at the end of each epoch and of training.")
+        "`checkpoint_every_n_steps`); it is also written at the end of each epoch and of training.",
+        minimum=1)
     last_checkpoint_every_n_minutes: float | None = doc(
         "Rewrite `checkpoints/last.ckpt` when this many minutes have passed since the last one, "
-        "so that a crashed run loses at most that much (null: only steps and epoch ends).", 10.0)
+        "so that a crashed run loses at most that much (null: only steps and epoch ends).", 10.0,
+        minimum=0)
     resume_from: str | None = doc("Checkpoint path, or `last` for this run directory's latest "
                                   "checkpoint (the W&B run continues too).")
     overwrite: bool = doc("Delete an earlier run in `output_dir` and start over (without it, a "
@@ -106,8 +111,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     generate_samples: int = doc("Held-out conversations answered greedily after training; "
-                                "exact match against the reference is reported.", 0)
-    max_new_tokens: int = doc("Generation budget per answer.", 64)
+                                "exact match against the reference is reported.", 0, minimum=0)
+    max_new_tokens: int = doc("Generation budget per answer.", 64, minimum=1)
     before_training: bool = doc("Also measure before training, for comparison.", True)
 
 

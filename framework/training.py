@@ -16,7 +16,7 @@ from tempering.evaluation import exact_match
 from tempering.models import load_tokenizer
 from tempering.module import SFTModule
 from tempering.plugin_manager import build_plugin_manager, build_registry
-from tempering.recipe import Recipe, RecipeError, validate_components
+from tempering.recipe import Recipe, RecipeError, check_locations, validate_components
 from tempering.run_dir import prepare_run_dir
 from tempering.tracking import finish_tracking, log_run_end, log_run_start, make_logger
 
@@ -223,6 +223,7 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     pm = build_plugin_manager(recipe.plugins)
     registry = build_registry(pm)
     validate_components(recipe, registry)
+    check_locations(recipe)
     pl.seed_everything(recipe.train.seed, workers=True, verbose=False)
     output_dir = Path(recipe.train.output_dir.format(name=recipe.name))
     prepare_run_dir(recipe, output_dir)  # never mix this run with an earlier one
