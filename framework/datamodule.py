@@ -133,6 +133,7 @@ class SFTDataModule(pl.LightningDataModule):
         self.val_data: Any = None
         self.val_conversations: list[Conversation] = []
         self.stop_token_ids: list[int] = []  # the trained end-of-turn tokens, most frequent first
+        self._train_loader: PlanLoader | None = None
         self._prepared = False
         self._stats: dict[str, Any] = {}
 
@@ -147,7 +148,8 @@ class SFTDataModule(pl.LightningDataModule):
             self._build()
 
     def train_dataloader(self) -> PlanLoader:
-        return PlanLoader(self, self.train_data, train=True)
+        self._train_loader = PlanLoader(self, self.train_data, train=True)
+        return self._train_loader
 
     def val_dataloader(self) -> Any:
         return PlanLoader(self, self.val_data, train=False) if self.val_data is not None else []
@@ -240,7 +242,8 @@ class SFTDataModule(pl.LightningDataModule):
 
     def empty_micro_batches(self, world_size: int) -> int:
         """Empty micro-batches that complete the last round of ranks in an epoch of training."""
-        return sum(not b for b in PlanLoader(self, self.train_data, train=True).plan(world_size))
+        loader = self._train_loader or PlanLoader(self, self.train_data, train=True)
+        return sum(not b for b in loader.plan(world_size))
 
     def stats(self) -> dict[str, Any]:
         """Dataset statistics for the run summary (computed once, when the data is built)."""

@@ -151,20 +151,21 @@ class ConversationEncoder:
         )
         self.train_on_eot = train_on_eot
         self.append_stop_token = append_stop_token
-        self.stop_token_id = self._stop_token_id(append_stop_token)
+        self._stop_text, self.stop_token_id = self._stop_token(append_stop_token)
         self._untrimmed = _untrimmed_backend(tokenizer)
         self.spans = SpanFinder(self.render, self.template.name,
                                 set(tokenizer.get_added_vocab().values()))
 
-    def _stop_token_id(self, token: str | None) -> int | None:
+    def _stop_token(self, token: str | None) -> tuple[str, int | None]:
+        """The ``append_stop_token`` text and id (``eos``: the tokenizer's EOS)."""
         if token is None:
-            return None
+            return "", None
         text = self.tokenizer.eos_token if token == "eos" else token
         token_id = self.tokenizer.convert_tokens_to_ids(text) if text else None
         if token_id is None or token_id == self.tokenizer.unk_token_id:
             raise TemplateError(f"append_stop_token: {token!r} is not a single token of tokenizer "
                                 f"{getattr(self.tokenizer, 'name_or_path', '?')}")
-        return int(token_id)
+        return text, int(token_id)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -238,9 +239,7 @@ class ConversationEncoder:
         if (self.stop_token_id is None or last.eot is not None
                 or enc.text[last.end:].strip() or not self.train_on_eot):
             return enc
-        assert self.append_stop_token is not None
-        token = (self.tokenizer.eos_token if self.append_stop_token == "eos"
-                 else self.append_stop_token)
+        token = self._stop_text
         at = len(enc.text)
         enc.input_ids.append(self.stop_token_id)
         enc.labels.append(self.stop_token_id)

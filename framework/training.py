@@ -188,6 +188,11 @@ def _finish(trainer: pl.Trainer, module: SFTModule, dm: SFTDataModule, recipe: R
              if recipe.train.save_final else None)
     summary["final_model"] = str(final) if final else None
     log_run_end(logger, recipe, summary, final)
+    _write_summary(logger, summary, output_dir)
+
+
+def _write_summary(logger: Any, summary: dict[str, Any], output_dir: Path) -> None:
+    """Close W&B (its run folder goes in the summary) and write ``summary.json``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     wandb_dir = finish_tracking(logger)
     if wandb_dir:
@@ -202,11 +207,7 @@ def _interrupted(trainer: pl.Trainer, stop: GracefulStop, logger: Any, summary: 
     summary.update(interrupted=stop.interrupted, final_model=None,
                    resume="train.resume_from=last" if saved else None)
     if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        wandb_dir = finish_tracking(logger)
-        if wandb_dir:
-            summary["wandb_dir"] = wandb_dir
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        _write_summary(logger, summary, output_dir)
     where = (f"checkpoints/last.ckpt holds step {trainer.global_step}; continue with "
              "train.resume_from=last" if saved else "checkpointing is off, nothing was saved")
     raise RunInterrupted(str(stop.interrupted), f"interrupted by {stop.interrupted} at step "
