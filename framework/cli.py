@@ -73,30 +73,56 @@ def _cmd_check_template(args: argparse.Namespace) -> int:
         tokenizer = AutoTokenizer.from_pretrained(location)
     spec = None if args.chat_template in (None, "tokenizer") else args.chat_template
     encoder = ConversationEncoder(tokenizer, chat_template=spec, masking=args.masking,
+                                  train_on_eot=args.train_on_eot, allow_split_markers=True,
                                   append_stop_token=args.append_stop_token)
-    color = sys.stdout.isatty()
-    failures = 0
-    for n, messages in enumerate(_SAMPLES, start=1):
-        try:
-            enc = encoder.encode(messages)
-            problems = _check_sample(encoder, tokenizer, messages, enc)
-        except Exception as exc:  # a template that cannot be rendered or located
-            problems, enc = [f"{type(exc).__name__}: {exc}"], None
-        status = "ok" if not problems else "FAILED"
-        print(f"--- sample {n} ({len(messages)} messages): {status}")
-        if enc is not None:
-            print(_highlight(tokenizer, enc.input_ids, enc.labels, color))
-            print(f"    {enc.num_supervised}/{len(enc.input_ids)} tokens trained")
-            for index in enc.unterminated:
-                print(f"    note: message {index} trains no end-of-turn token (the template "
-                      "writes no marker after it), so the model does not learn to stop there"
-                      + ("; for a final turn set append_stop_token: eos (or the token the model "
-                         "stops at)" if index == len(messages) - 1 else ""))
-        for problem in problems:
-            print(f"    problem: {problem}")
-        failures += bool(problems)
-    print(f"template {encoder.template.name!r}: {len(_SAMPLES) - failures}/{len(_SAMPLES)} samples exact")
-    return 1 if failures else 0
+    failures = sum(_show_sample(encoder, tokenizer, n, messages)
+                   for n, messages in enumerate(_SAMPLES, start=1))
+    markers_ok = _markers_ok(encoder, args.allow_split_markers)
+    print(f"template {encoder.template.name!r}: {len(_SAMPLES) - failures}/{len(_SAMPLES)} "
+          "samples exact" + ("" if markers_ok else "; FAILED: markers split (see above)"))
+    return 1 if failures or not markers_ok else 0
+
+
+def _show_sample(encoder: Any, tokenizer: Any, n: int, messages: list[dict[str, Any]]) -> bool:
+    """Print one sample's trained tokens and problems; True when it has problems."""
+    try:
+        enc = encoder.encode(messages)
+        problems = _check_sample(encoder, tokenizer, messages, enc)
+    except Exception as exc:  # a template that cannot be rendered or located
+        problems, enc = [f"{type(exc).__name__}: {exc}"], None
+    print(f"--- sample {n} ({len(messages)} messages): {'FAILED' if problems else 'ok'}")
+    if enc is not None:
+        print(_highlight(tokenizer, enc.input_ids, enc.labels, sys.stdout.isatty()))
+        print(f"    {enc.num_supervised}/{len(enc.input_ids)} tokens trained")
+        if not encoder.train_on_eot:
+            print("    note: train_on_eot is false: no turn trains its end-of-turn token, so the "
+                  "model does not learn to stop")
+        for index in enc.unterminated if encoder.train_on_eot else ():
+            print(f"    note: message {index} trains no end-of-turn token (the template "
+                  "writes no marker after it), so the model does not learn to stop there"
+                  + ("; for a final turn set append_stop_token: eos (or the token the model "
+                     "stops at)" if index == len(messages) - 1 else ""))
+    for problem in problems:
+        print(f"    problem: {problem}")
+    return bool(problems)
+
+
+def _markers_ok(encoder: Any, allowed: bool) -> bool:
+    """Report markers the tokenizer splits; False when a run would refuse the template."""
+    from tempering.markers import split_markers_message
+
+    split = encoder.split_markers
+    if not split:
+        return True
+    if allowed or encoder.template.name == "tokenizer":
+        listed = ", ".join(str(m) for m in split)
+        print(f"note: template {encoder.template.name!r} writes {listed} as text that the "
+              "tokenizer splits into pieces; the model learns them as text")
+        return True
+    name = getattr(encoder.tokenizer, "name_or_path", "?")
+    print(f"FAILED: {split_markers_message(encoder.template.name, name, split)} "
+          "(check-template --allow-split-markers)")
+    return False
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:
@@ -155,6 +181,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bool(text: str) -> bool:
+    value = {"true": True, "false": False, "1": True, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     from tempering import __version__
 
@@ -183,6 +216,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--masking", default="all_assistant")
     check.add_argument("--append-stop-token", default=None,
                        help="token appended after a final turn the template leaves open (eos)")
+    check.add_argument("--train-on-eot", type=_bool, default=True, metavar="{true,false}",
+                       help="train each turn's end-of-turn token (recipe key train_on_eot)")
+    check.add_argument("--allow-split-markers", action="store_true",
+                       help="accept markers the tokenizer splits (recipe key allow_split_markers)")
     check.set_defaults(fn=_cmd_check_template)
     preview = sub.add_parser("preview", help="show a recipe's first encoded examples")
     preview.add_argument("recipe")

@@ -32,7 +32,16 @@ def recipe_encoder(recipe: Recipe, tokenizer: Any, registry: Any) -> Conversatio
     return ConversationEncoder(tokenizer, chat_template=recipe.chat_template,
                                masking=recipe.masking, train_on_eot=recipe.train_on_eot,
                                registry=registry, template_kwargs=recipe.template_kwargs,
-                               append_stop_token=recipe.append_stop_token)
+                               append_stop_token=recipe.append_stop_token,
+                               allow_split_markers=recipe.allow_split_markers)
+
+
+@rank_zero_only
+def _report_split_markers(encoder: ConversationEncoder) -> None:
+    """Say once which markers the template writes as text the tokenizer splits."""
+    listed = ", ".join(str(m) for m in encoder.split_markers)
+    print(f"tempering: note: template {encoder.template.name!r} writes {listed} as text that "
+          "the tokenizer splits into pieces; the model learns them as text", file=sys.stderr)
 
 
 @rank_zero_only
@@ -128,6 +137,8 @@ class SFTDataModule(pl.LightningDataModule):
         super().__init__()
         self.recipe, self.tokenizer, self.pm, self.registry = recipe, tokenizer, plugin_manager, registry
         self.encoder = recipe_encoder(recipe, tokenizer, registry)
+        if self.encoder.split_markers:
+            _report_split_markers(self.encoder)
         self.bad_records = BadRecordLog()
         self.train_data: Any = None
         self.val_data: Any = None
@@ -206,6 +217,7 @@ class SFTDataModule(pl.LightningDataModule):
             "end_of_turn_tokens": {self.tokenizer.convert_ids_to_tokens(i): n
                                    for i, n in stops.most_common()},
             "turns_without_end_of_turn": int(sum(self.train_data["unterminated"])),
+            "template_split_markers": {m.marker: m.pieces for m in self.encoder.split_markers},
         }
         self._prepared = True
 

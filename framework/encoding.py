@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tempering.markers import find_split_markers, split_markers_message, written_markers
 from tempering.spans import Span, SpanFinder
 from tempering.templates import ResolvedTemplate, TemplateError, render, resolve_chat_template
 
@@ -112,6 +113,9 @@ class ConversationEncoder:
         append_stop_token: a token appended (and trained) after a final trained turn that the
             template closes with no end-of-turn token (GLM): ``eos`` for the tokenizer's EOS, or
             a token string such as ``<|user|>``. None leaves such turns without a stop token.
+        allow_split_markers: accept a template (other than the tokenizer's own) whose markers
+            the tokenizer splits into pieces, for a model trained with them as text. They are
+            listed in ``split_markers`` either way.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class ConversationEncoder:
         registry: Any = None,
         template_kwargs: dict[str, Any] | None = None,
         append_stop_token: str | None = None,
+        allow_split_markers: bool = False,
     ) -> None:
         from tempering.components import MaskingStrategy
 
@@ -138,14 +143,10 @@ class ConversationEncoder:
         self.tokenizer = tokenizer
         self.template: ResolvedTemplate = resolve_chat_template(chat_template, tokenizer, registry)
         self.template.kwargs.update(template_kwargs or {})
-        vocab = tokenizer.get_vocab()
-        missing = [t for t in self.template.special_tokens if t not in vocab]
-        if missing:
-            raise TemplateError(
-                f"template {self.template.name!r} writes {missing}, which tokenizer {name} does "
-                "not have as tokens: they would be split into pieces. Use the model's own "
-                "template (chat_template: tokenizer) or a tokenizer with these special tokens "
-                "(adding them needs resized embeddings)")
+        self.split_markers = find_split_markers(
+            tokenizer, written_markers(self.render, self.template.special_tokens))
+        if self.split_markers and not (allow_split_markers or self.template.name == "tokenizer"):
+            raise TemplateError(split_markers_message(self.template.name, name, self.split_markers))
         self.masking: MaskingStrategy = (
             masking if isinstance(masking, MaskingStrategy) else registry.get("masking", masking)
         )
@@ -314,6 +315,7 @@ def encode_conversation(
     train_on_eot: bool = True,
     registry: Any = None,
     append_stop_token: str | None = None,
+    allow_split_markers: bool = False,
 ) -> Encoded:
     """Encode one conversation with exact response-only labels.
 
@@ -325,7 +327,7 @@ def encode_conversation(
             tokenizer's own template.
         masking: which messages are trained (a registered masking-strategy name).
         train_on_eot: also train each selected turn's end-of-turn token.
-        append_stop_token: see :class:`ConversationEncoder`.
+        append_stop_token, allow_split_markers: see :class:`ConversationEncoder`.
 
     Returns:
         :class:`Encoded` whose ``input_ids`` equal ``tokenizer.apply_chat_template(messages,
@@ -335,5 +337,6 @@ def encode_conversation(
     encoder = ConversationEncoder(
         tokenizer, chat_template=chat_template, masking=masking, train_on_eot=train_on_eot,
         registry=registry, append_stop_token=append_stop_token,
+        allow_split_markers=allow_split_markers,
     )
     return encoder.encode(messages)

@@ -142,6 +142,10 @@ class Recipe:
         "end-of-turn token (GLM-4 writes nothing after the last turn, so the model never learns "
         "to stop): `eos` for the tokenizer's EOS, or a token such as `<|user|>`. Note that "
         "input_ids then differ from apply_chat_template by that one token.")
+    allow_split_markers: bool = doc(
+        "Accept a chat template (other than the tokenizer's own) whose markers the tokenizer "
+        "splits into pieces, for a model that was trained with them as text. Without it such a "
+        "template is refused; `check-template` lists the markers.", False)
     data: DataConfig = doc("Data sources and batching.", factory=DataConfig)
     objective: ObjectiveConfig = doc("Loss per supervised token (name or {name, options}).",
                                      factory=ObjectiveConfig)

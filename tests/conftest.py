@@ -22,6 +22,7 @@ TINY = ROOT / "framework" / "assets" / "tiny-llama"
 _MARKERS = re.compile(
     r"<\|[A-Za-z0-9_ .=/-]+?\|>|<｜[^｜<>]+?｜>|<(?:start|end)_of_turn>|\[/?INST\]|</?think>"
     r"|<\|?[A-Z_]+\|?>|<\|[a-z_]+>|<[a-z_]+\|>|<(?:start|end)_of_(?:image|text)>"
+    r"|\[gMASK\]|<sop>|<end_of_utterance>"
 )
 
 

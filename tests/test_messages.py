@@ -351,12 +351,15 @@ MY_TEMPLATE = (
 
 def test_missing_end_of_turn_token_is_a_template_error(tiny_tokenizer) -> None:
     assert "<|my_end|>" not in tiny_tokenizer.get_added_vocab()
+    with pytest.raises(TemplateError, match=r"writes <\|my_start\|> \(\d+ pieces\), <\|my_end\|>"):
+        encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=MY_TEMPLATE,
+                            train_on_eot=False)  # a split marker is refused either way
     with pytest.raises(TemplateError, match="train_on_eot") as err:
-        encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=MY_TEMPLATE)
+        encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=MY_TEMPLATE,
+                            allow_split_markers=True)
     assert "message 1" in str(err.value)
-    enc = encode_conversation(
-        TWO_TURNS, tiny_tokenizer, chat_template=MY_TEMPLATE, train_on_eot=False
-    )
+    enc = encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=MY_TEMPLATE,
+                              train_on_eot=False, allow_split_markers=True)
     assert trained_texts(tiny_tokenizer, enc) == ["Hello friend", "Goodbye friend"]
 
 
