@@ -132,6 +132,10 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.recipe import check_locations, load_recipe
 
+    if not _verbose(args):
+        from tempering.console import quiet_libraries
+
+        quiet_libraries()
     recipe = load_recipe(args.recipe, args.overrides)
     check_locations(recipe)
     pm = build_plugin_manager(recipe.plugins)
@@ -166,18 +170,21 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    import json
+def _verbose(args: argparse.Namespace) -> bool:
+    return bool(args.verbose or os.environ.get("TEMPERING_DEBUG"))
 
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tempering.console import quiet_libraries, run_table
     from tempering.recipe import load_recipe
     from tempering.training import run_recipe
 
+    if not _verbose(args):
+        quiet_libraries()
     recipe = load_recipe(args.recipe, args.overrides)
     summary = run_recipe(recipe)
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
-        shown = {k: v for k, v in summary.items() if k != "eval_examples"}
-        print("\n=== run summary ===")
-        print(json.dumps(shown, indent=2, default=str))
+        print("\n" + run_table(summary))
     return 0
 
 
@@ -274,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         # Configuration mistakes (ours, or Lightning's ValueErrors about trainer arguments) are
         # one line; -v or TEMPERING_DEBUG=1 shows the traceback.
-        verbose = args.verbose or os.environ.get("TEMPERING_DEBUG")
-        if verbose or not isinstance(exc, _user_errors()):
+        if _verbose(args) or not isinstance(exc, _user_errors()):
             raise
         print(f"tempering: error: {exc}", file=sys.stderr)
         return 2

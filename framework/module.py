@@ -71,6 +71,7 @@ class SFTModule(pl.LightningModule):
         if model is not None:
             self._prepare_model()
         self.val_loss_sum, self.val_nll_sum, self.val_tokens = SumMetric(), SumMetric(), SumMetric()
+        self.validated_at_step: int | None = None  # the global step of the last validation
         self._window_loss: torch.Tensor | float = 0.0
         self._step_started: float | None = None
         self._step_lr = 0.0
@@ -171,6 +172,8 @@ class SFTModule(pl.LightningModule):
                       sync_dist=False)
         for metric in (self.val_loss_sum, self.val_nll_sum, self.val_tokens):
             metric.reset()
+        if not self.trainer.sanity_checking:
+            self.validated_at_step = self.trainer.global_step
 
     # -- optimization -----------------------------------------------------------------------
 

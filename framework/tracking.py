@@ -26,9 +26,13 @@ def make_logger(recipe: Recipe, output_dir: Path) -> Any:
         return CSVLogger(save_dir=str(output_dir), name="logs")
     output_dir.mkdir(parents=True, exist_ok=True)
     run_id = wandb_run_id(output_dir, resuming=bool(recipe.train.resume_from))
-    return WandbLogger(project=w.project, name=w.name or recipe.name, save_dir=str(output_dir),
-                       offline=w.mode == "offline", tags=w.tags or None, id=run_id,
-                       resume="allow", log_model=False)
+    logger = WandbLogger(project=w.project, name=w.name or recipe.name, save_dir=str(output_dir),
+                         offline=w.mode == "offline", tags=w.tags or None, id=run_id,
+                         resume="allow", log_model=False)
+    # Lightning always passes wandb's deprecated `anonymous` setting (None), which makes wandb
+    # warn on every run; leaving it out is what wandb asks for.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def render_trained(tokenizer: Any, input_ids: list[int], labels: list[int]) -> str:
@@ -95,10 +99,14 @@ def log_run_end(logger: Any, recipe: Recipe, summary: dict[str, Any], final_dir:
         run.log_artifact(artifact)
 
 
-def finish_tracking(logger: Any) -> str | None:
-    """Close the W&B run; returns its local run folder (where the offline files are)."""
+def finish_tracking(logger: Any) -> dict[str, str]:
+    """Close the W&B run; returns where it is: ``wandb_dir`` (its local run folder, where the
+    offline files are) and, for an online run, ``wandb_url``."""
     if not _is_wandb(logger):
-        return None
-    run_dir = str(Path(logger.experiment.dir).parent)
-    logger.experiment.finish()
-    return run_dir
+        return {}
+    run = logger.experiment
+    where = {"wandb_dir": str(Path(run.dir).parent)}
+    if getattr(run, "url", None):  # None for an offline run
+        where["wandb_url"] = str(run.url)
+    run.finish()
+    return where

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from tempering.checkpoints import GracefulStop, LastCheckpoint, RunInterrupted
+from tempering.console import StepProgressBar
 from tempering.datamodule import SFTDataModule
 from tempering.evaluation import exact_match
 from tempering.models import load_tokenizer
@@ -166,8 +168,9 @@ def _measure_before(trainer: pl.Trainer, module: SFTModule, dm: SFTDataModule, r
                     tokenizer: Any, summary: dict[str, Any]) -> None:
     """Validation loss and exact match of the untrained model, for comparison."""
     if dm.val_data is not None:
-        summary["val_loss_before"] = trainer.validate(module, datamodule=dm, verbose=False)[0][
-            "val/loss"]
+        metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+        summary["val_loss_before"] = metrics["val/loss"]
+        summary["val_perplexity_before"] = metrics["val/perplexity"]
     before = _evaluate(module, dm, recipe, tokenizer)
     if before:
         summary["exact_match_before"] = before["exact_match"]
@@ -194,9 +197,7 @@ def _finish(trainer: pl.Trainer, module: SFTModule, dm: SFTDataModule, recipe: R
 def _write_summary(logger: Any, summary: dict[str, Any], output_dir: Path) -> None:
     """Close W&B (its run folder goes in the summary) and write ``summary.json``."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    wandb_dir = finish_tracking(logger)
-    if wandb_dir:
-        summary["wandb_dir"] = wandb_dir
+    summary.update(finish_tracking(logger))
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
@@ -212,6 +213,20 @@ def _interrupted(trainer: pl.Trainer, stop: GracefulStop, logger: Any, summary: 
              "train.resume_from=last" if saved else "checkpointing is off, nothing was saved")
     raise RunInterrupted(str(stop.interrupted), f"interrupted by {stop.interrupted} at step "
                          f"{trainer.global_step}: {where}")
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k.replace("/", "_"): float(v) for k, v in metrics.items() if v.numel() == 1}
+
+
+def _with_progress_bar(args: dict[str, Any], callbacks: list[Any]) -> list[Any]:
+    """Our step-of-run progress bar, unless the recipe turned bars off or brought its own."""
+    from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+
+    if args.get("enable_progress_bar", True) is False or any(
+            isinstance(c, ProgressBar) for c in callbacks):
+        return callbacks
+    return [*callbacks, StepProgressBar()]
 
 
 def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, Any]:
@@ -239,22 +254,29 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
         args.setdefault("limit_val_batches", 0)  # nothing to validate on
     ours = _callbacks(recipe, output_dir)
     stop = GracefulStop(next((c for c in ours if isinstance(c, LastCheckpoint)), None))
-    trainer = pl.Trainer(logger=logger, callbacks=ours + [stop] + list(callbacks or []), **args)
+    trainer = pl.Trainer(logger=logger, callbacks=_with_progress_bar(
+        args, ours + [stop] + list(callbacks or [])), **args)
     _set_stop_tokens(module.model, tokenizer, dm)
     summary: dict[str, Any] = {"recipe": recipe.name, "output_dir": str(output_dir), **dm.stats()}
     if trainer.is_global_zero:
         log_run_start(logger, recipe, dm, tokenizer)
     if recipe.eval.before_training and trainer.world_size == 1 and not recipe.train.resume_from:
         _measure_before(trainer, module, dm, recipe, tokenizer, summary)
+    ckpt = _resume_path(recipe, output_dir)
+    if ckpt and trainer.is_global_zero:
+        print(f"tempering: resuming from {ckpt}", file=sys.stderr)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(recipe, output_dir))
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     summary["train_seconds"] = round(time.perf_counter() - started, 2)
     summary["global_step"] = trainer.global_step
     if stop.interrupted:
         _interrupted(trainer, stop, logger, summary, output_dir)
     summary["empty_micro_batches_per_epoch"] = dm.empty_micro_batches(trainer.world_size)
-    summary.update({k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()
-                    if v.numel() == 1})
+    metrics = _scalars(trainer.callback_metrics)
+    if dm.val_data is not None and module.validated_at_step != trainer.global_step:
+        trainer.validate(module, datamodule=dm, verbose=False)  # held-out loss of the final weights
+        metrics.update(_scalars(trainer.callback_metrics))
+    summary.update(metrics)
     gathered = _gathered_state_dict(trainer) if recipe.train.save_final else None  # all ranks
     if trainer.is_global_zero:
         _finish(trainer, module, dm, recipe, tokenizer, logger, summary, output_dir, gathered)

@@ -1,0 +1,170 @@
+"""What a person sees in the terminal: our progress and results, not the libraries' chatter.
+
+- :func:`quiet_libraries` keeps Lightning's banners and tips, W&B's terminal output and
+  deprecation warnings out of the console (``tempering -v`` leaves them on).
+- :class:`StepProgressBar` shows the run as optimizer step N of M (Lightning's own bar counts
+  batches of an epoch, and prints ``Epoch 7/-2`` under a step budget).
+- :func:`run_table` is the end of a run at a glance: held-out results before and after,
+  throughput, and where the model, the W&B run and ``summary.json`` are.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import warnings
+from typing import Any
+
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+
+__all__ = ["StepProgressBar", "quiet_libraries", "run_table"]
+
+
+def quiet_libraries() -> None:
+    """Hide library chatter for this process (and the rank processes it launches)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # GPU/TPU banner, tips, rank lines
+    os.environ.setdefault("WANDB_SILENT", "true")  # banner, run history, sync hints
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    warnings.filterwarnings("ignore", category=PossibleUserWarning)  # "few workers", ...
+
+
+class StepProgressBar(ProgressBar):
+    """``Training step 40/1000 |███    | 00:12<04:40, 3.4 step/s, loss=2.31, lr=0.003``."""
+
+    _FORMAT = "{desc} step {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining}, {rate_fmt}{postfix}"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._train: Any = None
+        self._val: Any = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _shown(self, trainer: Any) -> bool:
+        return self._enabled and trainer.is_global_zero
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        from tqdm.auto import tqdm
+
+        if not self._shown(trainer):
+            return
+        total = trainer.estimated_stepping_batches
+        self._train = tqdm(total=int(total) if math.isfinite(total) else None,
+                           initial=trainer.global_step, desc="Training", unit="step",
+                           bar_format=self._FORMAT, dynamic_ncols=True, file=sys.stderr)
+
+    def _refresh(self, trainer: Any) -> None:
+        """Count the optimizer steps taken and show the latest logged values.
+
+        Called when the next batch starts (the module logs a step's loss after the callbacks'
+        ``on_train_batch_end``, so the values there would be one step old) and at the end.
+        """
+        bar = self._train
+        if bar is None:
+            return
+        metrics = trainer.callback_metrics
+        shown = {name: f"{float(metrics[key]):.4g}" for name, key in
+                 (("loss", "train/loss"), ("lr", "train/lr"), ("val_loss", "val/loss"))
+                 if key in metrics}
+        bar.set_postfix(shown, refresh=False)
+        bar.update(trainer.global_step - bar.n)  # refreshes; 0 inside an accumulation window
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
+                             batch_idx: int) -> None:
+        if self._train is not None and trainer.global_step != self._train.n:
+            self._refresh(trainer)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._train is not None:
+            self._refresh(trainer)
+            self._train.close()
+            self._train = None
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        from tqdm.auto import tqdm
+
+        if not self._shown(trainer) or trainer.sanity_checking:
+            return
+        total = sum(n for n in trainer.num_val_batches if math.isfinite(n))
+        self._val = tqdm(total=total, desc="Validating", unit="batch", leave=False,
+                         dynamic_ncols=True, file=sys.stderr)
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._val is not None:
+            self._val.update(1)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._val is not None:
+            self._val.close()
+            self._val = None
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _perplexity(loss: Any) -> float | None:
+    return None if loss is None or loss > 700 else math.exp(loss)
+
+
+def _held_out_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
+    loss_before, loss_after = s.get("val_loss_before"), s.get("val_loss")
+    rows = [("held-out loss", _number(loss_before), _number(loss_after)),
+            ("perplexity", _number(s.get("val_perplexity_before", _perplexity(loss_before)), 2),
+             _number(s.get("val_perplexity", _perplexity(loss_after)), 2))]
+    if "exact_match" in s or "exact_match_before" in s:
+        rows.append((f"exact match ({s.get('eval_samples', '?')} answers)",
+                     _number(s.get("exact_match_before"), 2), _number(s.get("exact_match"), 2)))
+    return rows
+
+
+def _wandb_line(s: dict[str, Any]) -> str:
+    if s.get("wandb_url"):
+        return str(s["wandb_url"])
+    if s.get("wandb_dir"):
+        return f"{s['wandb_dir']} (offline; upload with `wandb sync {s['wandb_dir']}`)"
+    return "off"
+
+
+def run_table(summary: dict[str, Any]) -> str:
+    """A few lines that say how a finished run went and where its outputs are."""
+    s = summary
+    lines = [f"=== {s.get('recipe', 'run')}: {s.get('global_step', 0)} steps in "
+             f"{_duration(s.get('train_seconds', 0.0))} ==="]
+    rows = _held_out_rows(s) if s.get("val_conversations") else []
+    if rows:
+        width = max(len(r[0]) for r in rows)
+        lines.append(f"{'':<{width}}  {'before':>8}  {'after':>8}")
+        lines += [f"{name:<{width}}  {before:>8}  {after:>8}" for name, before, after in rows]
+    if "train_loss" in s:
+        lines.append(f"last training loss {s['train_loss']:.3f}")
+    if "perf_tokens_per_s" in s:
+        lines.append(f"throughput {s['perf_tokens_per_s']:,.0f} tokens/s "
+                     f"({s.get('perf_supervised_tokens_per_s', 0):,.0f} trained tokens/s)")
+    if s.get("skipped_records"):
+        kinds = ", ".join(f"{k} {n}" for k, n in s["skipped_records"].items())
+        lines.append(f"skipped records: {kinds}")
+    if s.get("eval_skipped"):
+        lines.append(f"generation eval: {s['eval_skipped']}")
+    lines += [f"model    {s.get('final_model') or 'not saved (train.save_final: false)'}",
+              f"W&B      {_wandb_line(s)}",
+              f"summary  {os.path.join(str(s.get('output_dir', '.')), 'summary.json')}"]
+    return "\n".join(lines)
