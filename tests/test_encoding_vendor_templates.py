@@ -296,8 +296,9 @@ def _check_spans(
 
 
 def test_template_directory_is_populated(shared_data: Path) -> None:
-    names = {p.stem for p in (shared_data / "chat_templates").glob("*.jinja")}
-    assert set(TEMPLATE_NAMES) == names
+    # The parametrized tests above run over TEMPLATE_NAMES: they must not quietly collect none.
+    assert len(TEMPLATE_NAMES) >= 20, TEMPLATE_NAMES
+    names = set(TEMPLATE_NAMES)
     assert {
         "llama3",
         "qwen2_5",

@@ -35,12 +35,25 @@ def test_every_hook_has_a_builtin_implementation_a_docstring_and_a_test():
         assert f"def test_{name}" in source, f"hook {name} has no test here"
 
 
-def test_a_fresh_plugin_manager_per_run_and_nothing_registered_at_import():
+def test_a_fresh_plugin_manager_per_run():
     a, b = build_plugin_manager(entry_points=False), build_plugin_manager(entry_points=False)
-    assert a is not b
     extra = type(sys)("extra_plugin")
     b.register(extra)
     assert not a.is_registered(extra)
+
+
+def test_nothing_is_registered_at_import():
+    """Importing tempering and every built-in plugin creates no plugin manager and calls no hook."""
+    import subprocess
+
+    code = "\n".join([
+        "import gc, importlib, pluggy, tempering",
+        "from tempering.plugin_manager import BUILTIN_PLUGINS",
+        "for name in BUILTIN_PLUGINS: importlib.import_module(name)",
+        "print('MANAGERS', sum(isinstance(o, pluggy.PluginManager) for o in gc.get_objects()))"])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "MANAGERS 0" in out.stdout, out.stdout
 
 
 def _module(name: str, code: str):
