@@ -28,6 +28,8 @@ _LAZY = {
     "TemplateError": "tempering.templates",
     "resolve_chat_template": "tempering.templates",
     "BadRecordError": "tempering.messages",
+    "FORMATS": "tempering.messages",
+    "to_messages": "tempering.messages",
     "build_plugin_manager": "tempering.plugin_manager",
     "build_registry": "tempering.plugin_manager",
     "load_recipe": "tempering.recipe",

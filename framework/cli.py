@@ -66,13 +66,16 @@ def _cmd_check_template(args: argparse.Namespace) -> int:
 
     from tempering.encoding import ConversationEncoder
     from tempering.models import loading
+    from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.recipe import resolve_bundled
 
     location = resolve_bundled(args.tokenizer)
     with loading("--tokenizer", location):
         tokenizer = AutoTokenizer.from_pretrained(location)
     spec = None if args.chat_template in (None, "tokenizer") else args.chat_template
+    registry = build_registry(build_plugin_manager())
     encoder = ConversationEncoder(tokenizer, chat_template=spec, masking=args.masking,
+                                  registry=registry,
                                   train_on_eot=args.train_on_eot, allow_split_markers=True,
                                   append_stop_token=args.append_stop_token)
     failures = sum(_show_sample(encoder, tokenizer, n, messages)

@@ -108,7 +108,8 @@ class ConversationEncoder:
         chat_template: see :func:`tempering.templates.resolve_chat_template`.
         masking: a registered masking-strategy name or a :class:`MaskingStrategy`.
         train_on_eot: also train each turn's end-of-turn token.
-        registry: the component registry (built on demand when None).
+        registry: the component registry that names (``chatml``, ``all_assistant``) are looked
+            up in; not needed when components are passed resolved.
         template_kwargs: extra variables for the template renderer (e.g. ``enable_thinking``).
         append_stop_token: a token appended (and trained) after a final trained turn that the
             template closes with no end-of-turn token (GLM): ``eos`` for the tokenizer's EOS, or
@@ -136,10 +137,9 @@ class ConversationEncoder:
         if not getattr(tokenizer, "is_fast", False):
             raise TemplateError(f"tokenizer {name} is not a fast tokenizer; exact masks need "
                                 "character offsets (load it with use_fast=True)")
-        if registry is None and (isinstance(masking, str) or isinstance(chat_template, str)):
-            from tempering.plugin_manager import build_plugin_manager, build_registry
-
-            registry = build_registry(build_plugin_manager())
+        if registry is None and isinstance(masking, str):
+            raise TemplateError(f"masking {masking!r} is a registered name; pass the run's "
+                                "registry (tempering.build_registry(pm)) or a MaskingStrategy")
         self.tokenizer = tokenizer
         self.template: ResolvedTemplate = resolve_chat_template(chat_template, tokenizer, registry)
         self.template.kwargs.update(template_kwargs or {})

@@ -41,7 +41,8 @@ def resolve_chat_template(spec: Any, tokenizer: Any, registry: Any = None) -> Re
         spec: a :class:`ChatTemplate`, a registered name, ``"tokenizer"`` or None (the
             tokenizer's own template), a path to a ``.jinja`` file, or a Jinja string.
         tokenizer: the tokenizer (for ``tokenizer``/None).
-        registry: the component registry used to look up names (built on demand).
+        registry: the component registry that registered names are looked up in (needed only
+            for a name).
     """
     from tempering.components import ChatTemplate
 
@@ -67,10 +68,9 @@ def resolve_chat_template(spec: Any, tokenizer: Any, registry: Any = None) -> Re
         if not path.is_file():
             raise TemplateError(f"chat_template file {spec!r} does not exist")
         return ResolvedTemplate(str(path), path.read_text(encoding="utf-8"))
-    if registry is None:
-        from tempering.plugin_manager import build_plugin_manager, build_registry
-
-        registry = build_registry(build_plugin_manager())
+    if registry is None:  # no hidden plugin manager: the caller's registry holds the names
+        raise TemplateError(f"chat_template {spec!r} is a registered name; pass the run's "
+                            "registry (tempering.build_registry(pm)) or a ChatTemplate")
     template = registry.get("chat_template", spec)
     return ResolvedTemplate(template.name, template.jinja, dict(template.template_kwargs),
                             template.special_tokens)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tempering import hookimpl
-from tempering.messages import FORMATS, to_messages
+from tempering import FORMATS, hookimpl, to_messages
 
 __all__ = ["format_example"]
 

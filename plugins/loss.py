@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 from tempering import hookimpl
 
 if TYPE_CHECKING:  # torch loads when a loss is computed, not when plugins are listed
-    from tempering.losses import LossOutput
+    from tempering import LossOutput
 
 __all__ = ["compute_loss"]
 
 
 @hookimpl(trylast=True)
 def compute_loss(module: Any, batch: dict[str, Any]) -> LossOutput:
-    from tempering.losses import supervised_loss
+    from tempering import supervised_loss
 
     return supervised_loss(module, batch)

@@ -26,6 +26,38 @@ _MARKERS = re.compile(
 )
 
 
+class _Registry:
+    """The built-in components, built on first use (importing tests registers nothing)."""
+
+    _built = None
+
+    def __getattr__(self, name: str):
+        if _Registry._built is None:
+            from tempering.plugin_manager import build_plugin_manager, build_registry
+
+            _Registry._built = build_registry(build_plugin_manager(entry_points=False))
+        return getattr(_Registry._built, name)
+
+
+# The registry of the built-in plugins, for tests that name components (``chatml``).
+REGISTRY = _Registry()
+
+
+@pytest.fixture()
+def pm():
+    """A fresh plugin manager with the built-in plugins (no entry points)."""
+    from tempering.plugin_manager import build_plugin_manager
+
+    return build_plugin_manager(entry_points=False)
+
+
+@pytest.fixture()
+def registry(pm):
+    from tempering.plugin_manager import build_registry
+
+    return build_registry(pm)
+
+
 def template_markers(jinja: str) -> list[str]:
     return sorted(set(_MARKERS.findall(jinja)))
 

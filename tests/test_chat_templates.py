@@ -11,7 +11,7 @@ import pytest
 from tempering.encoding import IGNORE_INDEX, encode_conversation
 from tempering.plugin_manager import build_plugin_manager, build_registry
 from tempering.templates import TemplateError, resolve_chat_template
-from tests.conftest import trained_texts
+from tests.conftest import REGISTRY, trained_texts
 
 BUILTIN_MODULE = "tempering.plugins.chat_templates"
 
@@ -377,4 +377,4 @@ def test_a_template_whose_markers_the_tokenizer_lacks_is_refused(tiny_tokenizer)
     with pytest.raises(TemplateError, match=r"writes <\|turn\|> \(7 pieces\).*splits into pieces"):
         encode_conversation([{"role": "user", "content": "a"},
                              {"role": "assistant", "content": "b"}], tiny_tokenizer,
-                            chat_template=template)
+                            chat_template=template, registry=REGISTRY)

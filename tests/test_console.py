@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tempering.console import run_table
+from tests.conftest import REGISTRY
 
 CHATTER = ("GPU available", "Tip:", "anonymous", "wandb:", "deprecated", "Epoch ")
 
@@ -78,7 +79,7 @@ def test_the_held_out_loss_after_is_of_the_final_weights(tiny_recipe):
     final = Path(summary["final_model"])
     model = AutoModelForCausalLM.from_pretrained(final).eval()
     tok = AutoTokenizer.from_pretrained(final)
-    encoder = ConversationEncoder(tok, chat_template="chatml")
+    encoder = ConversationEncoder(tok, chat_template="chatml", registry=REGISTRY)
     total = count = 0.0
     for line in Path(tiny_recipe["data"]["validation"][0]["path"]).read_text().splitlines():
         enc = encoder.encode(json.loads(line)["messages"])

@@ -11,7 +11,7 @@ from tempering.encoding import ConversationEncoder
 from tempering.plugin_manager import build_plugin_manager
 from tempering.recipe import DataSource
 from tempering.tokenize import tokenize_conversations
-from tests.conftest import write_jsonl
+from tests.conftest import REGISTRY, write_jsonl
 
 
 def _load(sources, **kw):
@@ -75,7 +75,7 @@ def test_tokenization_is_cached_by_fingerprint(tmp_path, tiny_tokenizer, monkeyp
 
     path = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "p", "completion": "c"}] * 4)
     convs, log = _load([DataSource(path=str(path))])
-    encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml")
+    encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml", registry=REGISTRY)
     kw = dict(max_length=64, overflow="drop", on_bad_record="error", log=log,
               cache_dir=str(tmp_path / "cache"))
     first = tokenize_conversations(convs, encoder, **kw)

@@ -16,6 +16,7 @@ import pytest
 
 from tempering.encoding import IGNORE_INDEX, Encoded, encode_conversation
 from tempering.templates import TemplateError
+from tests.conftest import REGISTRY
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "chat_templates"
 TEMPLATE_NAMES = sorted(p.stem for p in TEMPLATE_DIR.glob("*.jinja"))
@@ -206,10 +207,10 @@ def test_vendor_template_masks_are_exact(
 
     if not _renders_text_only(reference, conversation):
         with pytest.raises(TemplateError):
-            encode_conversation(conversation, tok, chat_template=jinja, masking=masking)
+            encode_conversation(conversation, tok, chat_template=jinja, masking=masking, registry=REGISTRY)
         return
 
-    enc = encode_conversation(conversation, tok, chat_template=jinja, masking=masking)
+    enc = encode_conversation(conversation, tok, chat_template=jinja, masking=masking, registry=REGISTRY)
     reference_ids = tok.apply_chat_template(conversation, chat_template=jinja, tokenize=True)
     assert enc.text == reference
     assert enc.input_ids == list(reference_ids["input_ids"])
@@ -377,7 +378,7 @@ EXPECTED_TRAINED = {
 @pytest.mark.parametrize("template_name", sorted(EXPECTED_TRAINED))
 def test_trained_text_matches_vendor_format(template_name: str, vendor) -> None:
     jinja, tok = vendor(template_name)
-    enc = encode_conversation(TWO_TURNS, tok, chat_template=jinja, masking="all_assistant")
+    enc = encode_conversation(TWO_TURNS, tok, chat_template=jinja, masking="all_assistant", registry=REGISTRY)
     assert _trained_texts(tok, enc) == EXPECTED_TRAINED[template_name]
     assert [enc.text[s:e] for _, s, e in enc.spans] == EXPECTED_TRAINED[template_name]
 
@@ -392,13 +393,13 @@ def test_trimming_templates_train_the_trimmed_content(template_name: str, vendor
         {"role": "user", "content": "More?"},
         {"role": "assistant", "content": "\tSix. "},
     ]
-    enc = encode_conversation(conversation, tok, chat_template=jinja)
+    enc = encode_conversation(conversation, tok, chat_template=jinja, registry=REGISTRY)
     assert _trained_texts(tok, enc) == ["Four." + end[template_name], "Six." + end[template_name]]
 
 
 def test_last_assistant_trains_only_the_final_turn(vendor) -> None:
     jinja, tok = vendor("llama3")
-    enc = encode_conversation(TWO_TURNS, tok, chat_template=jinja, masking="last_assistant")
+    enc = encode_conversation(TWO_TURNS, tok, chat_template=jinja, masking="last_assistant", registry=REGISTRY)
     assert _trained_texts(tok, enc) == ["Six.<|eot_id|>"]
 
 
@@ -406,11 +407,11 @@ def test_per_message_train_flags(vendor) -> None:
     jinja, tok = vendor("qwen2_5")
     conversation = [dict(m) for m in TWO_TURNS]
     conversation[2]["train"] = False
-    enc = encode_conversation(conversation, tok, chat_template=jinja, masking="per_message")
+    enc = encode_conversation(conversation, tok, chat_template=jinja, masking="per_message", registry=REGISTRY)
     assert _trained_texts(tok, enc) == ["Six.<|im_end|>"]
     conversation[2]["train"] = True
     conversation[4]["train"] = False
-    enc = encode_conversation(conversation, tok, chat_template=jinja, masking="per_message")
+    enc = encode_conversation(conversation, tok, chat_template=jinja, masking="per_message", registry=REGISTRY)
     assert _trained_texts(tok, enc) == ["Four.<|im_end|>"]
 
 
@@ -418,7 +419,7 @@ def test_glm_final_turn_has_no_end_of_turn_token(vendor) -> None:
     # GLM-4 writes no end-of-turn marker: a turn ends at the next '<|user|>', and the final
     # turn ends with the text.
     jinja, tok = vendor("glm4moe")
-    enc = encode_conversation(TWO_TURNS, tok, chat_template=jinja)
+    enc = encode_conversation(TWO_TURNS, tok, chat_template=jinja, registry=REGISTRY)
     assert _trained_texts(tok, enc) == [
         "\n<think></think>\nFour.<|user|>",
         "\n<think></think>\nSix.",

@@ -9,7 +9,7 @@ import pytest
 from tempering.cli import main
 from tempering.encoding import ConversationEncoder, encode_conversation
 from tempering.templates import TemplateError
-from tests.conftest import SHARED, TINY, template_markers, trained_texts
+from tests.conftest import REGISTRY, SHARED, TINY, template_markers, trained_texts
 
 CONVERSATION = [{"role": "user", "content": "hi there"},
                 {"role": "assistant", "content": "hello friend"}]
@@ -34,7 +34,7 @@ def test_deepseek_markers_are_refused_even_without_training_the_end_of_turn(tiny
     assert pieces(tiny_tokenizer, "<｜Assistant｜>") > 1  # the tiny tokenizer lacks them
     with pytest.raises(TemplateError) as err:
         encode_conversation(CONVERSATION, tiny_tokenizer, chat_template=vendor("deepseekv3"),
-                            train_on_eot=False)
+                            train_on_eot=False, registry=REGISTRY)
     message = str(err.value)
     assert f"<｜Assistant｜> ({pieces(tiny_tokenizer, '<｜Assistant｜>')} pieces)" in message
     assert "<｜User｜>" in message and "<｜end▁of▁sentence｜>" in message
@@ -43,7 +43,7 @@ def test_deepseek_markers_are_refused_even_without_training_the_end_of_turn(tiny
 
 def test_glm_markers_outside_any_turn_are_found(tiny_tokenizer):
     encoder = ConversationEncoder(tiny_tokenizer, chat_template=vendor("glm4moe"),
-                                  allow_split_markers=True)
+                                  allow_split_markers=True, registry=REGISTRY)
     split = {m.marker: m.pieces for m in encoder.split_markers}
     assert split["[gMASK]"] == pieces(tiny_tokenizer, "[gMASK]") > 1
     assert split["<sop>"] == pieces(tiny_tokenizer, "<sop>") > 1
@@ -59,7 +59,7 @@ def test_no_vendor_template_is_refused_with_a_tokenizer_that_has_its_markers(mak
     for name in names:
         jinja = (SHARED / "chat_templates" / f"{name}.jinja").read_text()
         tok = make_tokenizer(jinja)
-        encoder = ConversationEncoder(tok, chat_template=vendor(name), train_on_eot=False)
+        encoder = ConversationEncoder(tok, chat_template=vendor(name), train_on_eot=False, registry=REGISTRY)
         assert encoder.split_markers == [], name
     assert "[gMASK]" in template_markers((SHARED / "chat_templates" / "glm4moe.jinja").read_text())
 
@@ -67,14 +67,14 @@ def test_no_vendor_template_is_refused_with_a_tokenizer_that_has_its_markers(mak
 def test_a_template_that_refuses_system_messages_is_still_probed(tiny_tokenizer):
     jinja = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}"
              "{% endif %}<|turn_{{ m['role'] }}|>{{ m['content'] }}<|end_of_text|>{% endfor %}")
-    encoder = ConversationEncoder(tiny_tokenizer, chat_template=jinja, allow_split_markers=True)
+    encoder = ConversationEncoder(tiny_tokenizer, chat_template=jinja, allow_split_markers=True, registry=REGISTRY)
     assert {m.marker for m in encoder.split_markers} == {"<|turn_user|>", "<|turn_assistant|>"}
 
 
 def test_the_tokenizers_own_text_markers_are_a_note_not_a_refusal(tiny_tokenizer, tmp_path,
                                                                    capsys):
     tiny_tokenizer.chat_template = TEXT_MARKERS
-    encoder = ConversationEncoder(tiny_tokenizer)  # chat_template: tokenizer
+    encoder = ConversationEncoder(tiny_tokenizer, registry=REGISTRY)  # chat_template: tokenizer
     assert {m.marker for m in encoder.split_markers} == {
         "<|role_system|>", "<|role_user|>", "<|role_assistant|>"}
     assert trained_texts(tiny_tokenizer, encoder.encode(CONVERSATION)) == [
@@ -84,7 +84,7 @@ def test_the_tokenizers_own_text_markers_are_a_note_not_a_refusal(tiny_tokenizer
     out = capsys.readouterr().out
     assert "note: template 'tokenizer' writes <|role_system|> (" in out and "FAILED" not in out
     with pytest.raises(TemplateError, match="<|role_user|>"):  # the same text from a file
-        ConversationEncoder(tiny_tokenizer, chat_template=TEXT_MARKERS)
+        ConversationEncoder(tiny_tokenizer, chat_template=TEXT_MARKERS, registry=REGISTRY)
 
 
 def test_check_template_fails_on_split_markers_and_takes_its_own_advice(capsys):

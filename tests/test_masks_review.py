@@ -14,7 +14,7 @@ import pytest
 
 from tempering.encoding import IGNORE_INDEX, UnrenderedFieldError, encode_conversation
 from tempering.messages import to_messages
-from tests.conftest import TINY, template_markers, trained_texts
+from tests.conftest import REGISTRY, TINY, template_markers, trained_texts
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "data" / "chat_templates"
 
@@ -67,7 +67,7 @@ def test_runs_of_spaces_are_trained_under_an_offset_trimming_tokenizer(trimming_
     trimmed = tok(answer, add_special_tokens=False, return_offsets_mapping=True)
     assert any(a == b for a, b in trimmed["offset_mapping"]), "the tokenizer must trim offsets"
     messages = [_user("Write it."), _assistant(answer)]
-    enc = encode_conversation(messages, tok, chat_template="chatml")
+    enc = encode_conversation(messages, tok, chat_template="chatml", registry=REGISTRY)
     reference = tok.apply_chat_template(messages, chat_template=enc_template(), tokenize=True)
     assert enc.input_ids == list(reference["input_ids"])
     assert trained_texts(tok, enc) == [answer + "<|im_end|>"]
@@ -95,7 +95,7 @@ def test_an_answer_that_starts_with_markup_is_trained_in_full(shared_data, name:
                                                                answer: str) -> None:
     jinja, tok = _vendor(shared_data, name)
     messages = [_user("Q?"), _assistant(answer)]
-    enc = encode_conversation(messages, tok, chat_template=jinja)
+    enc = encode_conversation(messages, tok, chat_template=jinja, registry=REGISTRY)
     assert enc.input_ids == list(tok.apply_chat_template(messages, chat_template=jinja,
                                                          tokenize=True)["input_ids"])
     (index, start, end), = enc.spans
@@ -117,9 +117,9 @@ def test_the_think_prefix_of_an_answer_is_not_eaten_by_the_generation_prompt(sha
     # Nemotron's prompt pre-fills "<think>\n"; the answer "<think>x" renders "<think>x": the
     # partial match of the prompt ("<think>") ran into the content and left "x" alone trained.
     jinja, tok = _vendor(shared_data, "nemotron_3_nano")
-    enc = encode_conversation([_user("Q?"), _assistant("<think>x")], tok, chat_template=jinja)
+    enc = encode_conversation([_user("Q?"), _assistant("<think>x")], tok, chat_template=jinja, registry=REGISTRY)
     assert trained_texts(tok, enc) == ["<think>x<|im_end|>"]
-    enc = encode_conversation([_user("Q?"), _assistant("<b>hi</b>")], tok, chat_template=jinja)
+    enc = encode_conversation([_user("Q?"), _assistant("<b>hi</b>")], tok, chat_template=jinja, registry=REGISTRY)
     assert trained_texts(tok, enc) == ["</think><b>hi</b><|im_end|>"]
 
 
@@ -139,7 +139,7 @@ def test_a_tool_call_is_trained_through_the_real_end_of_turn(shared_data) -> Non
                                                               "<tool_response>",
                                                               "</tool_response>"))
     assert not tok.added_tokens_decoder[tok.convert_tokens_to_ids("<tool_call>")].special
-    enc = encode_conversation(TOOL_CONVERSATION, tok, chat_template=jinja)
+    enc = encode_conversation(TOOL_CONVERSATION, tok, chat_template=jinja, registry=REGISTRY)
     assert enc.input_ids == list(tok.apply_chat_template(
         TOOL_CONVERSATION, chat_template=jinja, tokenize=True)["input_ids"])
     call = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}'
@@ -151,7 +151,7 @@ def test_a_tool_call_is_trained_through_the_real_end_of_turn(shared_data) -> Non
 def test_a_tool_call_without_content_is_trained(shared_data) -> None:
     jinja, tok = _vendor(shared_data, "qwen2_5", non_special=("<tool_call>", "</tool_call>"))
     messages = [_user("Weather?"), _assistant("", tool_calls=[CALL])]
-    enc = encode_conversation(messages, tok, chat_template=jinja)
+    enc = encode_conversation(messages, tok, chat_template=jinja, registry=REGISTRY)
     assert trained_texts(tok, enc) == [
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
         "<|im_end|>"]
@@ -159,7 +159,7 @@ def test_a_tool_call_without_content_is_trained(shared_data) -> None:
 
 def test_a_template_that_drops_tool_calls_refuses_the_record(tiny_tokenizer) -> None:
     with pytest.raises(UnrenderedFieldError, match="get_weather") as err:
-        encode_conversation(TOOL_CONVERSATION, tiny_tokenizer, chat_template="chatml")
+        encode_conversation(TOOL_CONVERSATION, tiny_tokenizer, chat_template="chatml", registry=REGISTRY)
     assert err.value.kind == "tool_calls_not_rendered"
 
 
@@ -170,9 +170,9 @@ def test_reasoning_the_template_drops_from_a_trained_turn_is_refused(shared_data
     messages = [_user("One?"), _assistant("1", reasoning_content="count once"), _user("Two?"),
                 _assistant("2", reasoning_content="count twice")]
     with pytest.raises(UnrenderedFieldError, match="reasoning_content") as err:
-        encode_conversation(messages, tok, chat_template=jinja)
+        encode_conversation(messages, tok, chat_template=jinja, registry=REGISTRY)
     assert err.value.kind == "reasoning_not_rendered"
-    enc = encode_conversation(messages, tok, chat_template=jinja, masking="last_assistant")
+    enc = encode_conversation(messages, tok, chat_template=jinja, masking="last_assistant", registry=REGISTRY)
     assert trained_texts(tok, enc) == ["<think>\ncount twice\n</think>\n\n2<|im_end|>"]
 
 
@@ -183,7 +183,7 @@ def test_qwen3_final_tool_call_turn_with_reasoning_is_trained_in_full(shared_dat
                                                             "<think>", "</think>"))
     messages = [_user("Weather in Oslo?"),
                 _assistant("Let me check.", tool_calls=[CALL], reasoning_content="use the tool")]
-    enc = encode_conversation(messages, tok, chat_template=jinja)
+    enc = encode_conversation(messages, tok, chat_template=jinja, registry=REGISTRY)
     assert enc.input_ids == list(tok.apply_chat_template(messages, chat_template=jinja,
                                                          tokenize=True)["input_ids"])
     assert trained_texts(tok, enc) == [
@@ -233,7 +233,7 @@ def test_tool_calls_survive_tokenization_with_differently_shaped_arguments(share
         Conversation([_user("Oslo?"), _assistant("", tool_calls=[CALL])], "a:1"),
         Conversation([_user("Sum?"), _assistant("", tool_calls=[other])], "a:2"),
     ]
-    encoder = ConversationEncoder(tok, chat_template=jinja)
+    encoder = ConversationEncoder(tok, chat_template=jinja, registry=REGISTRY)
     data = tokenize_conversations(conversations, encoder, max_length=512, overflow="drop",
                                   on_bad_record="error", log=BadRecordLog(),
                                   cache_dir=str(tmp_path))
@@ -252,7 +252,7 @@ def test_unrendered_tool_calls_are_counted_when_skipping(tiny_tokenizer, tmp_pat
     conversations = [Conversation(TOOL_CONVERSATION, "f:1"),
                      Conversation([_user("Hi"), _assistant("Hello")], "f:2")]
     data = tokenize_conversations(conversations, ConversationEncoder(tiny_tokenizer,
-                                                                     chat_template="chatml"),
+                                                                     chat_template="chatml", registry=REGISTRY),
                                   max_length=512, overflow="drop", on_bad_record="skip", log=log,
                                   cache_dir=str(tmp_path))
     assert len(data) == 1 and dict(log.counts) == {"tool_calls_not_rendered": 1}
@@ -266,22 +266,22 @@ TWO_TURNS = [_user("Two plus two?"), _assistant("Four."), _user("And three?"),
 
 def test_glm_final_turn_is_reported_and_can_be_given_a_stop_token(shared_data) -> None:
     jinja, tok = _vendor(shared_data, "glm4moe")
-    plain = encode_conversation(TWO_TURNS, tok, chat_template=jinja)
+    plain = encode_conversation(TWO_TURNS, tok, chat_template=jinja, registry=REGISTRY)
     assert plain.unterminated == [3]
     assert plain.stop_ids == [tok.convert_tokens_to_ids("<|user|>")]
-    stopped = encode_conversation(TWO_TURNS, tok, chat_template=jinja, append_stop_token="eos")
+    stopped = encode_conversation(TWO_TURNS, tok, chat_template=jinja, append_stop_token="eos", registry=REGISTRY)
     assert stopped.input_ids == plain.input_ids + [tok.eos_token_id]
     assert trained_texts(tok, stopped)[-1] == "\n<think></think>\nSix." + tok.eos_token
     assert stopped.unterminated == [] and stopped.stop_ids[-1] == tok.eos_token_id
     as_user = encode_conversation(TWO_TURNS, tok, chat_template=jinja,
-                                  append_stop_token="<|user|>")
+                                  append_stop_token="<|user|>", registry=REGISTRY)
     assert trained_texts(tok, as_user)[-1].endswith("Six.<|user|>")
 
 
 def test_append_stop_token_leaves_closed_turns_alone(tiny_tokenizer) -> None:
-    plain = encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template="chatml")
+    plain = encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template="chatml", registry=REGISTRY)
     stopped = encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template="chatml",
-                                  append_stop_token="eos")
+                                  append_stop_token="eos", registry=REGISTRY)
     assert stopped.input_ids == plain.input_ids and stopped.labels == plain.labels
 
 
@@ -290,14 +290,14 @@ def test_an_unknown_stop_token_is_an_error(tiny_tokenizer) -> None:
 
     with pytest.raises(TemplateError, match="append_stop_token"):
         encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template="chatml",
-                            append_stop_token="<|no_such_token|>")
+                            append_stop_token="<|no_such_token|>", registry=REGISTRY)
 
 
 def test_glm_consecutive_assistant_turns_do_not_train_the_next_header(shared_data) -> None:
     jinja, tok = _vendor(shared_data, "glm4moe")
     messages = [_user("Hi?"), _assistant("First part."), _assistant("Second part."),
                 _user("Ok?"), _assistant("Yes.")]
-    enc = encode_conversation(messages, tok, chat_template=jinja)
+    enc = encode_conversation(messages, tok, chat_template=jinja, registry=REGISTRY)
     texts = trained_texts(tok, enc)
     assert not any("<|assistant|>" in t for t in texts)
     assert texts[0].endswith("First part.") and texts[-2].endswith("Second part.<|user|>")
@@ -336,7 +336,7 @@ def test_stop_tokens_and_unterminated_turns_are_in_the_data_stats(tiny_recipe) -
 
 def test_without_trained_end_of_turn_tokens_no_stop_token_is_reported(tiny_tokenizer) -> None:
     enc = encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template="chatml",
-                              train_on_eot=False)
+                              train_on_eot=False, registry=REGISTRY)
     assert enc.stop_ids == [] and enc.unterminated == [1, 3]
 
 
@@ -346,7 +346,7 @@ def test_held_out_generation_stops_at_the_trained_end_of_turn(tiny_tokenizer) ->
     from tempering.encoding import ConversationEncoder
     from tempering.evaluation import stop_token_ids
 
-    encoder = ConversationEncoder(tiny_tokenizer, chat_template="llama3")
+    encoder = ConversationEncoder(tiny_tokenizer, chat_template="llama3", registry=REGISTRY)
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None))
     stops = stop_token_ids(tiny_tokenizer, model, encoder, TWO_TURNS)
     assert stops == sorted({tiny_tokenizer.convert_tokens_to_ids("<|eot_id|>"),

@@ -11,7 +11,7 @@ import pytest
 from tempering.encoding import IGNORE_INDEX, encode_conversation
 from tempering.messages import BadRecordError, detect_format, to_messages, validate
 from tempering.templates import TemplateError
-from tests.conftest import trained_texts
+from tests.conftest import REGISTRY, trained_texts
 
 # -- readers ----------------------------------------------------------------------------------
 
@@ -323,10 +323,10 @@ TWO_TURNS = [
 def test_assistant_first_message_is_a_template_error(tiny_tokenizer) -> None:
     messages = [{"role": "assistant", "content": "I speak first"}] + TWO_TURNS
     with pytest.raises(TemplateError, match="message 0"):
-        encode_conversation(messages, tiny_tokenizer, chat_template="chatml")
+        encode_conversation(messages, tiny_tokenizer, chat_template="chatml", registry=REGISTRY)
     # Untrained, a leading assistant message is only context.
     enc = encode_conversation(
-        messages, tiny_tokenizer, chat_template="chatml", masking="last_assistant"
+        messages, tiny_tokenizer, chat_template="chatml", masking="last_assistant", registry=REGISTRY
     )
     assert trained_texts(tiny_tokenizer, enc) == ["Goodbye friend<|im_end|>"]
 
@@ -334,8 +334,8 @@ def test_assistant_first_message_is_a_template_error(tiny_tokenizer) -> None:
 def test_train_on_eot_false_leaves_the_end_of_turn_untrained(tiny_tokenizer) -> None:
     tok = tiny_tokenizer
     eot = tok.convert_tokens_to_ids("<|im_end|>")
-    with_eot = encode_conversation(TWO_TURNS, tok, chat_template="chatml")
-    without = encode_conversation(TWO_TURNS, tok, chat_template="chatml", train_on_eot=False)
+    with_eot = encode_conversation(TWO_TURNS, tok, chat_template="chatml", registry=REGISTRY)
+    without = encode_conversation(TWO_TURNS, tok, chat_template="chatml", train_on_eot=False, registry=REGISTRY)
     assert with_eot.input_ids == without.input_ids
     assert trained_texts(tok, with_eot) == ["Hello friend<|im_end|>", "Goodbye friend<|im_end|>"]
     assert trained_texts(tok, without) == ["Hello friend", "Goodbye friend"]
@@ -353,19 +353,19 @@ def test_missing_end_of_turn_token_is_a_template_error(tiny_tokenizer) -> None:
     assert "<|my_end|>" not in tiny_tokenizer.get_added_vocab()
     with pytest.raises(TemplateError, match=r"writes <\|my_start\|> \(\d+ pieces\), <\|my_end\|>"):
         encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=MY_TEMPLATE,
-                            train_on_eot=False)  # a split marker is refused either way
+                            train_on_eot=False, registry=REGISTRY)  # a split marker is refused either way
     with pytest.raises(TemplateError, match="train_on_eot") as err:
         encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=MY_TEMPLATE,
-                            allow_split_markers=True)
+                            allow_split_markers=True, registry=REGISTRY)
     assert "message 1" in str(err.value)
     enc = encode_conversation(TWO_TURNS, tiny_tokenizer, chat_template=MY_TEMPLATE,
-                              train_on_eot=False, allow_split_markers=True)
+                              train_on_eot=False, allow_split_markers=True, registry=REGISTRY)
     assert trained_texts(tiny_tokenizer, enc) == ["Hello friend", "Goodbye friend"]
 
 
 def test_registering_the_marker_makes_it_the_end_of_turn(make_tokenizer) -> None:
     tok = make_tokenizer(MY_TEMPLATE)
-    enc = encode_conversation(TWO_TURNS, tok, chat_template=MY_TEMPLATE)
+    enc = encode_conversation(TWO_TURNS, tok, chat_template=MY_TEMPLATE, registry=REGISTRY)
     assert trained_texts(tok, enc) == ["Hello friend<|my_end|>", "Goodbye friend<|my_end|>"]
 
 
@@ -373,10 +373,10 @@ def test_masking_that_selects_a_user_message_is_a_template_error(tiny_tokenizer)
     messages = [dict(m) for m in TWO_TURNS]
     messages[0]["train"] = True
     with pytest.raises(TemplateError, match="message 0 with role 'user'"):
-        encode_conversation(messages, tiny_tokenizer, chat_template="chatml", masking="per_message")
+        encode_conversation(messages, tiny_tokenizer, chat_template="chatml", masking="per_message", registry=REGISTRY)
 
 
 def test_nothing_selected_is_an_error(tiny_tokenizer) -> None:
     messages = [dict(m, train=False) for m in TWO_TURNS]
     with pytest.raises(ValueError, match="selected no message"):
-        encode_conversation(messages, tiny_tokenizer, chat_template="chatml", masking="per_message")
+        encode_conversation(messages, tiny_tokenizer, chat_template="chatml", masking="per_message", registry=REGISTRY)

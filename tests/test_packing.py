@@ -16,7 +16,7 @@ from tempering.packing import (
     plan_epoch,
     window_totals,
 )
-from tests.conftest import TINY
+from tests.conftest import REGISTRY, TINY
 
 
 def test_best_fit_decreasing_packs_every_example_once_within_capacity():
@@ -68,7 +68,7 @@ def model_and_examples(tiny_tokenizer):
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY)).float().eval()
     examples = []
     for record in generate_tasks(7, seed=5):
-        enc = encode_conversation(record["messages"], tiny_tokenizer, chat_template="chatml")
+        enc = encode_conversation(record["messages"], tiny_tokenizer, chat_template="chatml", registry=REGISTRY)
         examples.append({"input_ids": enc.input_ids, "labels": enc.labels})
     return model, examples
 

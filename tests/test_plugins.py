@@ -163,7 +163,7 @@ def test_compute_loss(tiny_tokenizer):
     from tempering.module import SFTModule
     from tempering.packing import collate_padded
     from tempering.recipe import load_recipe
-    from tests.conftest import TINY
+    from tests.conftest import REGISTRY, TINY
 
     mod = _module("loss_wrapper", """
         from tempering import hookimpl
@@ -178,7 +178,7 @@ def test_compute_loss(tiny_tokenizer):
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY))
     enc = encode_conversation([{"role": "user", "content": "hi"},
                                {"role": "assistant", "content": "yo"}], tiny_tokenizer,
-                              chat_template="chatml")
+                              chat_template="chatml", registry=REGISTRY)
     batch = collate_padded([{"input_ids": enc.input_ids, "labels": enc.labels}], 0)
     plain_pm = build_plugin_manager(entry_points=False)
     plain = SFTModule(recipe, plain_pm, build_registry(plain_pm), model=model)._loss(batch)

@@ -11,6 +11,7 @@ import pytest
 from tempering.data_sources import BadRecordLog, Conversation, DataError, load_conversations
 from tempering.plugins.formatting import format_example
 from tempering.recipe import DataSource
+from tests.conftest import REGISTRY
 
 
 def _record(answer: str) -> dict:
@@ -78,7 +79,7 @@ def test_errors_name_the_file_read_even_from_the_cache(tiny_tokenizer, tmp_path)
     a.write_text("".join(json.dumps(r) + "\n" for r in records))
     b = tmp_path / "B.jsonl"
     shutil.copy(a, b)
-    encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml", masking="per_message")
+    encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml", masking="per_message", registry=REGISTRY)
     for path in (a, b):  # the second tokenization is read from the cache the first wrote
         conversations = _read(path)[0]
         with pytest.raises(DataError, match=rf"^{path}:2: "):

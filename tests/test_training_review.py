@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 
 from tempering.recipe import RecipeError, bundled_recipes, load_recipe
 from tempering.training import run_recipe
+from tests.conftest import REGISTRY
 from tests.conftest import TINY as TINY_DIR
 
 # -- item 1: pure low-precision weights whose updates round away ------------------------------
@@ -202,7 +203,7 @@ def test_truncate_turns_keeps_a_conversation_that_ends_with_a_user_turn(tiny_tok
     from tempering.encoding import ConversationEncoder
     from tempering.tokenize import encode_one
 
-    encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml")
+    encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml", registry=REGISTRY)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
                 {"role": "user", "content": "tell me more " * 40}]
     row = encode_one(encoder, messages, 64, "truncate_turns")
@@ -223,7 +224,7 @@ def test_the_cache_fingerprint_changes_with_the_encoder_and_the_package(tiny_tok
     from tempering.data_sources import Conversation
     from tempering.encoding import ConversationEncoder
 
-    encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml")
+    encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml", registry=REGISTRY)
     conversations = [Conversation([{"role": "user", "content": "a"},
                                    {"role": "assistant", "content": "b"}], "x:1")]
     base = tokenize._fingerprint(encoder, conversations, 64, "drop")
