@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tests.conftest import run_cli as _run
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tiny_recipe, tmp_path):
     tiny_recipe["data"].update(packing=False, group_by_length=False)
     tiny_recipe["trainer"].update(max_steps=3)

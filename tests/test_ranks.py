@@ -43,6 +43,7 @@ def _run(recipe: dict, tmp_path: Path, name: str, *overrides: str) -> dict:
     return json.loads((run_cli(recipe, tmp_path, name, *overrides) / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_ddp_validates_the_whole_set(tiny_recipe, tmp_path) -> None:
     from tempering.assets_build import generate_tasks
 
@@ -59,6 +60,7 @@ def test_ddp_validates_the_whole_set(tiny_recipe, tmp_path) -> None:
     assert ddp["empty_micro_batches_per_epoch"] == 0 and single["empty_micro_batches_per_epoch"] == 0
 
 
+@pytest.mark.slow
 def test_ddp_trains_every_example_when_the_ranks_do_not_divide_the_batches(tiny_recipe,
                                                                           tmp_path) -> None:
     # 5 conversations, one per micro-batch on 2 ranks: the third step pairs the last one with
@@ -130,6 +132,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_fsdp_shards_keep_their_decay_groups_and_report_the_whole_grad_norm(tmp_path) -> None:
     script = tmp_path / "fsdp.py"
     script.write_text(_FSDP_SCRIPT)

@@ -114,6 +114,7 @@ def test_skip_mode_says_what_it_skipped_when_reading_ends(tiny_recipe, tmp_path,
 # -- item 6 and 8: a run's exit status and outputs tell the truth ------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_with_no_usable_data_fails_with_the_reasons(tiny_recipe, tmp_path) -> None:
     import os
     import subprocess
@@ -162,6 +163,7 @@ def test_summary_json_names_the_wandb_run(tiny_recipe, tmp_path) -> None:
 # -- item 7: a signal is a checkpoint, a summary marked interrupted and a non-zero exit --------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_a_signal_saves_a_checkpoint_and_fails_the_run(tiny_recipe, tmp_path, signame) -> None:
     import os
@@ -210,6 +212,7 @@ def _cli(path: Path, *overrides: str):
                           env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
 
 
+@pytest.mark.slow
 def test_a_reused_run_directory_is_refused_started_over_or_resumed(tiny_recipe, tmp_path) -> None:
     tiny_recipe["trainer"]["max_steps"] = 6
     tiny_recipe["wandb"] = {"mode": "offline"}
