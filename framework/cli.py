@@ -29,14 +29,15 @@ def _highlight(tokenizer: Any, ids: list[int], labels: list[int], color: bool) -
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
+    from tempering.components import KINDS
     from tempering.plugin_manager import build_plugin_manager, build_registry
 
     registry = build_registry(build_plugin_manager(args.plugin))
-    for kind in sorted(registry.components):
-        print(f"{kind}:")
-        for name in registry.names(kind):
-            component = registry.components[kind][name]
-            provider = registry.providers[kind][name]
+    for kind in KINDS:
+        print(f"{kind.name}: {kind.description}")
+        for name in registry.names(kind.name):
+            component = registry.components[kind.name][name]
+            provider = registry.providers[kind.name][name]
             print(f"  {name:<16} {provider:<36} {getattr(component, 'description', '')}")
     return 0
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ChatTemplate", "MaskingStrategy", "Objective"]
+__all__ = ["ChatTemplate", "ComponentKind", "KINDS", "MaskingStrategy", "Objective"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,44 @@ class Objective:
     per_token: Callable[..., Any]
     needs_teacher: bool = False
     description: str = ""
+
+
+@dataclass(frozen=True)
+class ComponentKind:
+    """One kind of component. :data:`KINDS` is the one table that drives everything about a
+    kind: its registration hook (generated in :mod:`tempering.hookspecs`), building the registry,
+    checking the names a recipe gives, and ``tempering plugins``.
+
+    Attributes:
+        name: the kind's name (``chat_template``), as errors and ``tempering plugins`` say it.
+        hook: the registration hook plugins implement (``register_chat_templates``).
+        contract: the class every registered component is an instance of.
+        recipe_key: the recipe key that names one component of this kind (None: picked in code).
+        description: what the components of this kind do, for the hook's docstring and listing.
+        is_name: whether a recipe value names a registered component (``chat_template`` also
+            takes files and inline Jinja).
+    """
+
+    name: str
+    hook: str
+    contract: type
+    recipe_key: str | None
+    description: str
+    is_name: Callable[[str], bool] = lambda value: True
+
+
+def names_a_template(value: str) -> bool:
+    """Whether a ``chat_template`` value is a registered name (not ``tokenizer``, a ``.jinja``
+    path or an inline Jinja string)."""
+    return not (value == "tokenizer" or value.endswith(".jinja") or "/" in value
+                or "{%" in value or "{{" in value)
+
+
+KINDS: tuple[ComponentKind, ...] = (
+    ComponentKind("chat_template", "register_chat_templates", ChatTemplate, "chat_template",
+                  "Jinja chat templates that render conversations", names_a_template),
+    ComponentKind("masking", "register_masking_strategies", MaskingStrategy, "masking",
+                  "which messages of a conversation are trained"),
+    ComponentKind("objective", "register_objectives", Objective, "objective",
+                  "losses per supervised token"),
+)

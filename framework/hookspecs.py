@@ -6,6 +6,8 @@ from typing import Any
 
 import pluggy
 
+from tempering.components import KINDS, ComponentKind
+
 __all__ = ["hookspec", "hookimpl"]
 
 hookspec = pluggy.HookspecMarker("tempering")
@@ -13,35 +15,28 @@ hookimpl = pluggy.HookimplMarker("tempering")
 
 
 # ---------------------------------------------------------------------------
-# Registration hooks: each returns a list of components; recipes pick them by name.
+# Registration hooks: one per row of tempering.components.KINDS, made from the row, so a new
+# component kind is one table entry. Each returns a list of components; recipes pick them by name.
 # ---------------------------------------------------------------------------
 
 
-@hookspec
-def register_chat_templates() -> list[Any]:
-    """Return a list of :class:`tempering.ChatTemplate`.
+def _registration_hook(kind: ComponentKind) -> Any:
+    def hook() -> list[Any]:  # a spec body is its docstring
+        pass
 
-    Called once per run when the component registry is built. Not firstresult: every
-    plugin's templates are collected; a name registered twice is an error naming both plugins.
-    """
-
-
-@hookspec
-def register_masking_strategies() -> list[Any]:
-    """Return a list of :class:`tempering.MaskingStrategy`.
-
-    Called once per run when the component registry is built; results from all plugins are
-    collected; duplicate names are an error.
-    """
+    hook.__name__ = hook.__qualname__ = kind.hook
+    hook.__module__ = __name__
+    hook.__doc__ = (
+        f"Return a list of :class:`tempering.{kind.contract.__name__}` ({kind.description}).\n\n"
+        "    Called once per run when the component registry is built. Not firstresult: every\n"
+        "    plugin's list is collected (return an empty list for none); a name registered twice\n"
+        "    is an error naming both plugins.")
+    return hookspec(hook)
 
 
-@hookspec
-def register_objectives() -> list[Any]:
-    """Return a list of :class:`tempering.Objective`.
-
-    Called once per run when the component registry is built; results from all plugins are
-    collected; duplicate names are an error.
-    """
+for _kind in KINDS:
+    globals()[_kind.hook] = _registration_hook(_kind)
+__all__ += [k.hook for k in KINDS]
 
 
 # ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 import pluggy
 
 from tempering import hookspecs
-from tempering.components import ChatTemplate, MaskingStrategy, Objective
+from tempering.components import KINDS, ComponentKind
 
 __all__ = [
     "BUILTIN_PLUGINS",
@@ -33,14 +33,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tempering.plugins.formatting",
     "tempering.plugins.loss",
 )
-
-# kind -> (registration hook, component class)
-_KINDS: dict[str, tuple[str, Any]] = {
-    "chat_template": ("register_chat_templates", ChatTemplate),
-    "masking": ("register_masking_strategies", MaskingStrategy),
-    "objective": ("register_objectives", Objective),
-}
-
 
 class ComponentError(ValueError):
     """A component could not be registered or found."""
@@ -112,29 +104,40 @@ class Registry:
         return sorted(self.components.get(kind, {}))
 
 
+def _called(pm: pluggy.PluginManager, kind: ComponentKind) -> list[tuple[str, list[Any]]]:
+    """Call ``kind``'s registration hook through ``pm.hook`` (so wrappers and tracing see it);
+    each implementation's list with its plugin's name, in registration order."""
+    caller = getattr(pm.hook, kind.hook)
+    called = [i for i in reversed(caller.get_hookimpls()) if not (i.hookwrapper or i.wrapper)]
+    results = caller()  # pluggy calls implementations in reverse order, skipping None
+    if len(results) != len(called):
+        raise ComponentError(
+            f"{kind.hook}: {len(called)} plugins implement it but {len(results)} lists came back; "
+            f"each implementation returns a list of {kind.contract.__name__} (an empty list for "
+            "none), and a wrapper may change the lists but not add or drop one")
+    return [(impl.plugin_name, list(found or [])) for impl, found in
+            reversed(list(zip(called, results, strict=True)))]
+
+
 def build_registry(pm: pluggy.PluginManager) -> Registry:
-    """Call every registration hook and index the components; duplicates name both plugins."""
+    """Call every kind's registration hook and index the components; duplicates name both
+    plugins. The kinds come from :data:`tempering.components.KINDS`."""
     registry = Registry()
-    for kind, (hook_name, cls) in _KINDS.items():
+    for kind in KINDS:
         found: dict[str, Any] = {}
         providers: dict[str, str] = {}
-        hook = getattr(pm.hook, hook_name)
-        for impl in hook.get_hookimpls():  # registration order: built-ins first
-            plugin_name = impl.plugin_name
-            components: list[Any] = impl.function() or []
+        for plugin_name, components in _called(pm, kind):
             for component in components:
-                if not isinstance(component, cls):
+                if not isinstance(component, kind.contract):
                     raise ComponentError(
                         f"plugin {plugin_name!r} returned {type(component).__name__} from "
-                        f"{hook_name}; expected {cls.__name__}"
-                    )
+                        f"{kind.hook}; expected {kind.contract.__name__}")
                 if component.name in found:
                     raise ComponentError(
-                        f"{kind} {component.name!r} is registered twice: by plugin "
-                        f"{providers[component.name]!r} and by plugin {plugin_name!r}"
-                    )
+                        f"{kind.name} {component.name!r} is registered twice: by plugin "
+                        f"{providers[component.name]!r} and by plugin {plugin_name!r}")
                 found[component.name] = component
                 providers[component.name] = plugin_name
-        registry.components[kind] = found
-        registry.providers[kind] = providers
+        registry.components[kind.name] = found
+        registry.providers[kind.name] = providers
     return registry

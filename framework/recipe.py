@@ -276,17 +276,20 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None
 
 
 def validate_components(recipe: Recipe, registry: Any) -> None:
-    """Check that every component the recipe names is registered."""
+    """Check that every component the recipe names is registered (kinds from the KINDS table)."""
+    from tempering.components import KINDS
     from tempering.plugin_manager import ComponentError
 
-    template = recipe.chat_template
-    checks = [("masking", recipe.masking, "masking"), ("objective", recipe.objective.name,
-                                                       "objective.name")]
-    if template != "tokenizer" and not template.endswith(".jinja") and "/" not in template:
-        checks.append(("chat_template", template, "chat_template"))
-    for kind, name, key in checks:
+    for kind in KINDS:
+        if kind.recipe_key is None:
+            continue
+        value = getattr(recipe, kind.recipe_key)
+        name, key = (value.name, f"{kind.recipe_key}.name") if hasattr(value, "name") else (
+            value, kind.recipe_key)
+        if not kind.is_name(name):
+            continue
         try:
-            registry.get(kind, name)
+            registry.get(kind.name, name)
         except ComponentError as exc:
             raise RecipeError(f"{key}: {exc}") from None
 

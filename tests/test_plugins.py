@@ -74,6 +74,44 @@ def test_register_chat_templates():
     assert registry.providers["chat_template"]["llama3"] == "tempering.plugins.chat_templates"
 
 
+def test_registration_goes_through_pm_hook_so_wrappers_and_tracing_see_it():
+    wrapper = _module("tpl_wrapper", """
+        from tempering import hookimpl
+        @hookimpl(wrapper=True)
+        def register_chat_templates():
+            lists = yield
+            return [[t for t in found if t.name != "alpaca"] for found in lists]
+    """)
+    pm = build_plugin_manager([wrapper], entry_points=False)
+    seen = []
+    pm.add_hookcall_monitoring(lambda name, impls, kwargs: seen.append(name), lambda *a: None)
+    registry = build_registry(pm)
+    assert "alpaca" not in registry.names("chat_template")  # the wrapper filtered it
+    assert registry.providers["chat_template"]["chatml"] == "tempering.plugins.chat_templates"
+    from tempering.components import KINDS
+
+    assert seen == [kind.hook for kind in KINDS]  # every kind's hook, traced
+
+
+def test_a_registration_hook_that_returns_none_is_named():
+    mod = _module("none_plugin", """
+        from tempering import hookimpl
+        @hookimpl
+        def register_objectives():
+            return None
+    """)
+    with pytest.raises(ComponentError, match="register_objectives: .*an empty list for none"):
+        build_registry(build_plugin_manager([mod], entry_points=False))
+
+
+def test_every_kind_of_the_table_has_its_generated_hook():
+    from tempering.components import KINDS
+
+    for kind in KINDS:
+        spec = getattr(hookspecs, kind.hook)
+        assert kind.hook in HOOKS and kind.contract.__name__ in spec.__doc__
+
+
 def test_register_masking_strategies():
     mod = _module("mask_plugin", """
         from tempering import MaskingStrategy, hookimpl
