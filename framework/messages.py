@@ -180,7 +180,7 @@ def validate(messages: list[dict[str, Any]], where: list[str] | None = None) -> 
 
     Args:
         messages: the converted messages.
-        where: per message, its path in the raw record (for error ``field``\s).
+        where: per message, its path in the raw record (for the ``field`` of errors).
     """
     where = where or [f"messages[{i}]" for i in range(len(messages))]
     if not any(m["role"] == "assistant" for m in messages):

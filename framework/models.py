@@ -77,6 +77,10 @@ def load_model(cfg: ModelConfig, seed: int) -> Any:
         with loading("model.name_or_path", location):
             model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **common)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24's name
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return model

@@ -29,7 +29,7 @@ from tempering.recipe import RecipeError, load_recipe
 def test_a_bad_value_is_one_line_with_its_key_path(override: str, expected: str) -> None:
     from tempering.recipe import check_locations
 
-    with pytest.raises(RecipeError, match="") as err:
+    with pytest.raises(RecipeError) as err:
         check_locations(load_recipe("sft-quickstart", [override]))
     assert expected in str(err.value) and "\n" not in str(err.value)
 
