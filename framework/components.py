@@ -89,6 +89,9 @@ class ComponentKind:
         description: what the components of this kind do, for the hook's docstring and listing.
         is_name: whether a recipe value names a registered component (``chat_template`` also
             takes files and inline Jinja).
+        options_of: the function a component's recipe options are passed to (None: options
+            are free-form, as template variables are).
+        positional: how many leading parameters of that function the framework fills.
     """
 
     name: str
@@ -97,6 +100,21 @@ class ComponentKind:
     recipe_key: str | None
     description: str
     is_name: Callable[[str], bool] = lambda value: True
+    options_of: Callable[[Any], Callable[..., Any]] | None = None
+    positional: int = 0
+
+    def option_names(self, component: Any) -> set[str] | None:
+        """The options a component of this kind accepts (its function's keyword parameters
+        after the ``positional`` ones); None when it accepts any (``**kwargs``, templates)."""
+        if self.options_of is None:
+            return None
+        import inspect
+
+        params = list(inspect.signature(self.options_of(component)).parameters.values())
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return None
+        return {p.name for p in params[self.positional:]
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def names_a_template(value: str) -> bool:
@@ -110,7 +128,8 @@ KINDS: tuple[ComponentKind, ...] = (
     ComponentKind("chat_template", "register_chat_templates", ChatTemplate, "chat_template",
                   "Jinja chat templates that render conversations", names_a_template),
     ComponentKind("masking", "register_masking_strategies", MaskingStrategy, "masking",
-                  "which messages of a conversation are trained"),
+                  "which messages of a conversation are trained",
+                  options_of=lambda c: c.select, positional=1),
     ComponentKind("objective", "register_objectives", Objective, "objective",
-                  "losses per supervised token"),
+                  "losses per supervised token", options_of=lambda c: c.per_token, positional=3),
 )

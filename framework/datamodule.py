@@ -29,9 +29,11 @@ __all__ = ["SFTDataModule", "PlanLoader", "recipe_encoder"]
 
 def recipe_encoder(recipe: Recipe, tokenizer: Any, registry: Any) -> ConversationEncoder:
     """The conversation encoder a recipe describes (template, masking, end-of-turn, kwargs)."""
-    return ConversationEncoder(tokenizer, chat_template=recipe.chat_template,
-                               masking=recipe.masking, train_on_eot=recipe.train_on_eot,
-                               registry=registry, template_kwargs=recipe.template_kwargs,
+    template, masking = recipe.chat_template, recipe.masking
+    return ConversationEncoder(tokenizer, chat_template=template.name,
+                               masking=masking.name, masking_options=masking.options,
+                               train_on_eot=recipe.train_on_eot, registry=registry,
+                               template_kwargs={**recipe.template_kwargs, **template.options},
                                append_stop_token=recipe.append_stop_token,
                                allow_split_markers=recipe.allow_split_markers)
 

@@ -117,6 +117,7 @@ class ConversationEncoder:
         allow_split_markers: accept a template (other than the tokenizer's own) whose markers
             the tokenizer splits into pieces, for a model trained with them as text. They are
             listed in ``split_markers`` either way.
+        masking_options: keyword options passed to the masking strategy's ``select``.
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class ConversationEncoder:
         template_kwargs: dict[str, Any] | None = None,
         append_stop_token: str | None = None,
         allow_split_markers: bool = False,
+        masking_options: dict[str, Any] | None = None,
     ) -> None:
         from tempering.components import MaskingStrategy
 
@@ -150,6 +152,7 @@ class ConversationEncoder:
         self.masking: MaskingStrategy = (
             masking if isinstance(masking, MaskingStrategy) else registry.get("masking", masking)
         )
+        self.masking_options = dict(masking_options or {})
         self.train_on_eot = train_on_eot
         self.append_stop_token = append_stop_token
         self._stop_text, self.stop_token_id = self._stop_token(append_stop_token)
@@ -209,7 +212,7 @@ class ConversationEncoder:
 
     def _spans(self, messages: list[dict[str, Any]], text: str, ids: list[int],
                offsets: list[tuple[int, int]]) -> list[Span]:
-        selected = self.masking.select(messages)
+        selected = self.masking.select(messages, **self.masking_options)
         if len(selected) != len(messages):
             raise TemplateError(f"masking strategy {self.masking.name!r} returned "
                                 f"{len(selected)} flags for {len(messages)} messages")

@@ -14,11 +14,11 @@ import yaml
 
 from tempering.plugin_manager import closest
 from tempering.recipe_schema import (
+    ComponentConfig,
     DataConfig,
     DataSource,
     EvalConfig,
     ModelConfig,
-    ObjectiveConfig,
     OptimConfig,
     Recipe,
     TrainConfig,
@@ -26,7 +26,7 @@ from tempering.recipe_schema import (
 )
 
 __all__ = [
-    "Recipe", "RecipeError", "DataSource", "DataConfig", "ModelConfig", "ObjectiveConfig",
+    "Recipe", "RecipeError", "DataSource", "DataConfig", "ModelConfig", "ComponentConfig",
     "OptimConfig", "TrainConfig", "EvalConfig", "WandbConfig",
     "bundled_recipes", "find_recipe", "load_recipe", "parse_overrides", "resolve_bundled",
     "validate_components", "check_locations", "to_dict",
@@ -84,6 +84,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return parsed
 
 
+_COMPONENT_KEYS = {f.name for f in dataclasses.fields(Recipe)
+                   if f.type in (ComponentConfig, "ComponentConfig")}
+
+
 def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node: Any = raw
     parts = dotted.split(".")
@@ -104,6 +108,8 @@ def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
             else:
                 if node.get(part) is None:
                     node[part] = {}
+                elif depth == 0 and part in _COMPONENT_KEYS and isinstance(node[part], str):
+                    node[part] = {"name": node[part]}  # `masking: x` + `masking.n=3`
                 node = node[part]
         else:
             raise RecipeError(f"override {dotted}: {where} is {node!r}, not a mapping or a list")
@@ -124,7 +130,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], where)
     if dataclasses.is_dataclass(tp):
-        if isinstance(tp, type) and tp is ObjectiveConfig and isinstance(value, str):
+        if isinstance(tp, type) and tp is ComponentConfig and isinstance(value, str):
             value = {"name": value}
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__}")
@@ -152,7 +158,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
 def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    if cls is ObjectiveConfig:  # `objective: {name: soft_kl, temperature: 2}` -> options
+    if cls is ComponentConfig:  # `objective: {name: soft_kl, temperature: 2}` -> options
         raw = dict(raw)
         options = dict(raw.pop("options", None) or {})
         options.update({k: raw.pop(k) for k in list(raw) if k != "name"})
@@ -162,6 +168,8 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
         path = f"{where}.{key}" if where else key
         if key not in fields:
             raise RecipeError(f"{path}: unknown key{closest(key, fields)}")
+        if hints[key] is ComponentConfig and isinstance(value, dict) and "name" not in value:
+            value = {"name": fields[key].default_factory().name, **value}  # type: ignore[misc,operator]
         converted = _convert(value, hints[key], path)
         minimum = fields[key].metadata.get("minimum")
         if minimum is not None and isinstance(converted, (int, float)) and converted < minimum:
@@ -276,22 +284,27 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None
 
 
 def validate_components(recipe: Recipe, registry: Any) -> None:
-    """Check that every component the recipe names is registered (kinds from the KINDS table)."""
+    """Every component the recipe names is registered and takes the options given (kinds from
+    the KINDS table); errors name the key path and the closest valid names."""
     from tempering.components import KINDS
     from tempering.plugin_manager import ComponentError
 
     for kind in KINDS:
         if kind.recipe_key is None:
             continue
-        value = getattr(recipe, kind.recipe_key)
-        name, key = (value.name, f"{kind.recipe_key}.name") if hasattr(value, "name") else (
-            value, kind.recipe_key)
-        if not kind.is_name(name):
+        picked: ComponentConfig = getattr(recipe, kind.recipe_key)
+        if not kind.is_name(picked.name):
             continue
         try:
-            registry.get(kind.name, name)
+            component = registry.get(kind.name, picked.name)
         except ComponentError as exc:
-            raise RecipeError(f"{key}: {exc}") from None
+            raise RecipeError(f"{kind.recipe_key}: {exc}") from None
+        accepted = kind.option_names(component)
+        for option in picked.options:
+            if accepted is not None and option not in accepted:
+                takes = closest(option, accepted) if accepted else "; it takes no options"
+                raise RecipeError(f"{kind.recipe_key}.{option}: not an option of {kind.name} "
+                                  f"{picked.name!r}{takes}")
 
 
 def to_dict(recipe: Recipe) -> dict[str, Any]:

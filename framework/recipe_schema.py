@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "ModelConfig", "DataSource", "DataConfig", "ObjectiveConfig", "OptimConfig", "TrainConfig",
+    "ModelConfig", "DataSource", "DataConfig", "ComponentConfig", "OptimConfig", "TrainConfig",
     "EvalConfig", "WandbConfig", "Recipe",
 ]
 
@@ -67,9 +67,16 @@ class DataConfig:
 
 
 @dataclass
-class ObjectiveConfig:
-    name: str = doc("Registered objective.", "cross_entropy")
-    options: dict[str, Any] = doc("Keyword options passed to the objective.", factory=dict)
+class ComponentConfig:
+    """A component picked by name, with options: ``masking: last_assistant`` or
+    ``objective: {name: cross_entropy, label_smoothing: 0.1}`` (keys beside ``name`` are options)."""
+
+    name: str = doc("Registered component name.", "")
+    options: dict[str, Any] = doc("Keyword options for the component.", factory=dict)
+
+
+def component(name: str, text: str) -> Any:
+    return doc(text, factory=lambda: ComponentConfig(name))
 
 
 @dataclass
@@ -133,9 +140,12 @@ class Recipe:
     name: str = doc("Run name.", "run")
     plugins: list[str] = doc("Extra plugin modules to register (`pkg.module`).", factory=list)
     model: ModelConfig = doc("Model and tokenizer.", factory=ModelConfig)
-    chat_template: str = doc("Registered template name, `tokenizer`, or a `.jinja` path.", "tokenizer")
+    chat_template: ComponentConfig = component(
+        "tokenizer", "Registered template name, `tokenizer`, a `.jinja` path or inline Jinja; "
+        "options are template variables (as `template_kwargs`).")
     template_kwargs: dict[str, Any] = doc("Extra variables for the template renderer.", factory=dict)
-    masking: str = doc("Registered masking strategy.", "all_assistant")
+    masking: ComponentConfig = component(
+        "all_assistant", "Registered masking strategy; options go to its `select`.")
     train_on_eot: bool = doc("Train each turn's end-of-turn token.", True)
     append_stop_token: str | None = doc(
         "Append this token (and train it) after a final turn the template closes with no "
@@ -147,8 +157,8 @@ class Recipe:
         "splits into pieces, for a model that was trained with them as text. Without it such a "
         "template is refused; `check-template` lists the markers.", False)
     data: DataConfig = doc("Data sources and batching.", factory=DataConfig)
-    objective: ObjectiveConfig = doc("Loss per supervised token (name or {name, options}).",
-                                     factory=ObjectiveConfig)
+    objective: ComponentConfig = component(
+        "cross_entropy", "Loss per supervised token; options go to its `per_token`.")
     optim: OptimConfig = doc("Optimizer and schedule.", factory=OptimConfig)
     train: TrainConfig = doc("Run-level settings.", factory=TrainConfig)
     eval: EvalConfig = doc("Evaluation by generation after training.", factory=EvalConfig)

@@ -81,7 +81,8 @@ def _fingerprint(encoder: ConversationEncoder, conversations: list[Conversation]
     # The code that made the labels is part of the key: an upgrade that changes a mask never
     # reads stale labels back from the shared cache.
     h.update(json.dumps([tempering.__version__, ENCODER_FORMAT, encoder.template.jinja,
-                         encoder.template.kwargs, encoder.masking.name, encoder.train_on_eot,
+                         encoder.template.kwargs, encoder.masking.name, encoder.masking_options,
+                         encoder.train_on_eot,
                          encoder.append_stop_token, max_length, overflow, tok.bos_token,
                          tok.eos_token], sort_keys=True, default=str).encode())
     for conv in conversations:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tempering import Objective, hookimpl
 
@@ -18,7 +18,6 @@ def cross_entropy(
     teacher_logits: torch.Tensor | None = None,
     *,
     label_smoothing: float = 0.0,
-    **_: Any,
 ) -> torch.Tensor:  # [n]
     """Negative log-likelihood of the label, computed in float32."""
     import torch.nn.functional as F

@@ -139,6 +139,67 @@ def test_register_objectives():
     assert registry.get("objective", "zero").per_token(torch.ones(2, 3), None).tolist() == [0, 0]
 
 
+_FIRST_N = """
+    from tempering import MaskingStrategy, hookimpl
+    def first_n(messages, n=1):
+        seen, out = 0, []
+        for m in messages:
+            out.append(m["role"] == "assistant" and seen < n)
+            seen += m["role"] == "assistant"
+        return out
+    @hookimpl
+    def register_masking_strategies():
+        return [MaskingStrategy("first_n", first_n)]
+"""
+
+
+def test_every_kind_takes_name_and_options_in_a_recipe(tiny_tokenizer) -> None:
+    from tempering.datamodule import recipe_encoder
+    from tempering.recipe import load_recipe, validate_components
+
+    registry = build_registry(build_plugin_manager([_module("first_n_plugin", _FIRST_N)],
+                                                   entry_points=False))
+    recipe = load_recipe({"data": {"train": [{"path": "x.jsonl"}]}, "masking": "first_n",
+                          "chat_template": {"name": "chatml", "greeting": "hi"},
+                          "objective": {"label_smoothing": 0.1}},
+                         ["masking.n=2"])
+    assert (recipe.masking.name, recipe.masking.options) == ("first_n", {"n": 2})
+    assert (recipe.objective.name, recipe.objective.options) == ("cross_entropy",
+                                                                 {"label_smoothing": 0.1})
+    validate_components(recipe, registry)
+    encoder = recipe_encoder(recipe, tiny_tokenizer, registry)
+    assert encoder.template.kwargs["greeting"] == "hi"
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a1"},
+             {"role": "user", "content": "q"}, {"role": "assistant", "content": "a2"},
+             {"role": "user", "content": "q"}, {"role": "assistant", "content": "a3"}]
+    enc = encoder.encode(turns)
+    trained = tiny_tokenizer.decode([t for t, label in zip(enc.input_ids, enc.labels, strict=True)
+                                     if label != -100])
+    assert "a1" in trained and "a2" in trained and "a3" not in trained
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({"masking": {"name": "first_n", "nn": 2}}, "masking.nn: not an option of masking "
+                                                 "'first_n'; did you mean 'n'?"),
+    ({"masking": {"name": "first_n", "k": 2}}, "masking.k: not an option of masking 'first_n'"
+                                                "; valid names: n"),
+    ({"masking": {"name": "last_assistant", "n": 2}}, "masking.n: not an option of masking "
+                                                       "'last_assistant'; it takes no options"),
+    ({"objective": {"label_smoothin": 0.1}}, "objective.label_smoothin: not an option of "
+                                              "objective 'cross_entropy'; did you mean "
+                                              "'label_smoothing'?"),
+])
+def test_an_option_a_component_does_not_take_is_named(given, expected) -> None:
+    from tempering.recipe import RecipeError, load_recipe, validate_components
+
+    registry = build_registry(build_plugin_manager([_module("first_n_plugin2", _FIRST_N)],
+                                                   entry_points=False))
+    recipe = load_recipe({"data": {"train": [{"path": "x.jsonl"}]}, **given})
+    with pytest.raises(RecipeError) as info:
+        validate_components(recipe, registry)
+    assert str(info.value).startswith(expected), str(info.value)
+
+
 def test_duplicate_component_names_name_both_plugins():
     mod = _module("dup_plugin", """
         from tempering import ChatTemplate, hookimpl

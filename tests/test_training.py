@@ -50,7 +50,7 @@ def test_run_tracks_everything_in_wandb_offline(tiny_recipe, tmp_path):
     losses = [row["train/loss"] for row in logged["history"] if "train/loss" in row]
     assert len(losses) == 6 and all(loss > 0 for loss in losses)
     assert logged["config"]["template/name"] == "chatml"
-    assert logged["config"]["masking"] == "all_assistant"
+    assert logged["config"]["masking"] == {"name": "all_assistant", "options": {}}
     assert logged["config"]["tokenizer/vocab_size"] > 100
     assert logged["summary"]["global_step"] == 6
     assert logged["summary"]["skipped/malformed_json"] == 1
