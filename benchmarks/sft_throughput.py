@@ -132,12 +132,12 @@ def run_tempering(s: dict[str, Any], work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     import lightning.pytorch as pl
 
-    from tempering import training
     from tempering.recipe import load_recipe
+    from tempering.train import driver as training
 
     meter, builds = Meter(s["warmup"], started), []
 
-    class TimedDataModule(training.SFTDataModule):  # times reading + tokenizing, nothing else
+    class TimedDataModule(training.ConversationDataModule):  # times reading + tokenizing, nothing else
         def _build(self) -> None:
             t = time.perf_counter()
             super()._build()
@@ -153,7 +153,7 @@ def run_tempering(s: dict[str, Any], work: Path) -> dict[str, Any]:
         def on_train_batch_end(self, trainer: Any, module: Any, out: Any, *_: Any) -> None:
             meter.step_end(trainer.global_step, float(out["loss"]))  # the step's token mean
 
-    training.SFTDataModule = TimedDataModule  # run_recipe looks the class up when called
+    training.ConversationDataModule = TimedDataModule  # run_recipe looks the class up when called
     sources = [{"path": str(DATA / "alpaca_5000.json"), "format": "alpaca",
                 "max_records": s["alpaca"]},
                {"path": str(DATA / "fastchat_dummy_conversation.json"), "format": "sharegpt",

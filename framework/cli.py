@@ -65,7 +65,7 @@ def _check_sample(encoder: Any, tokenizer: Any, messages: list[dict[str, Any]],
 def _cmd_check_template(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
-    from tempering.encoding import ConversationEncoder
+    from tempering.chat.encoding import ConversationEncoder
     from tempering.models import loading
     from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.recipe import resolve_bundled
@@ -113,7 +113,7 @@ def _show_sample(encoder: Any, tokenizer: Any, n: int, messages: list[dict[str, 
 
 def _markers_ok(encoder: Any, allowed: bool) -> bool:
     """Report markers the tokenizer splits; False when a run would refuse the template."""
-    from tempering.markers import split_markers_message
+    from tempering.chat.markers import split_markers_message
 
     split = encoder.split_markers
     if not split:
@@ -130,8 +130,8 @@ def _markers_ok(encoder: Any, allowed: bool) -> bool:
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:
-    from tempering.data_sources import BadRecordLog, load_conversations
-    from tempering.datamodule import recipe_encoder
+    from tempering.data.datamodule import recipe_encoder
+    from tempering.data.sources import BadRecordLog, load_conversations
     from tempering.models import load_tokenizer
     from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.recipe import check_locations, load_recipe
@@ -181,7 +181,7 @@ def _verbose(args: argparse.Namespace) -> bool:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tempering.console import quiet_libraries, run_table
     from tempering.recipe import load_recipe
-    from tempering.training import run_recipe
+    from tempering.train.driver import run_recipe
 
     if not _verbose(args):
         quiet_libraries()
@@ -258,11 +258,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Mistakes a person can fix: one line, not a traceback (imported only when needed)."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from tempering.data_sources import DataError
-    from tempering.logit_check import UnsupportedModelError
+    from tempering.chat.templates import TemplateError
+    from tempering.data.sources import DataError
     from tempering.plugin_manager import ComponentError
     from tempering.recipe import RecipeError
-    from tempering.templates import TemplateError
+    from tempering.train.logit_check import UnsupportedModelError
 
     return (RecipeError, DataError, TemplateError, ComponentError, FileNotFoundError,
             MisconfigurationException, UnsupportedModelError, ValueError)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
         return 141  # 128 + SIGPIPE, as a shell reports a writer whose reader closed
     except Exception as exc:
-        from tempering.checkpoints import RunInterrupted
+        from tempering.train.checkpoints import RunInterrupted
 
         if isinstance(exc, RunInterrupted):  # a checkpoint is saved; a scheduler sees a failure
             print(f"tempering: {exc}", file=sys.stderr)

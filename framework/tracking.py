@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from tempering.encoding import IGNORE_INDEX
+from tempering.chat.encoding import IGNORE_INDEX
 from tempering.recipe import Recipe, to_dict
 
 __all__ = ["make_logger", "render_trained", "log_run_start", "log_run_end", "finish_tracking"]

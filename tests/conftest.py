@@ -101,7 +101,7 @@ def write_jsonl(path: Path, records: list) -> Path:
 @pytest.fixture()
 def tiny_recipe(tmp_path):
     """A recipe dict for a seconds-long CPU run on generated tasks (W&B off unless asked)."""
-    from tempering.assets_build import generate_tasks
+    from tools.build_assets import generate_tasks
 
     train = write_jsonl(tmp_path / "train.jsonl", generate_tasks(64, seed=11))
     val = write_jsonl(tmp_path / "val.jsonl", generate_tasks(12, seed=12))
@@ -125,7 +125,7 @@ def tiny_recipe(tmp_path):
 
 def trained_texts(tok, enc) -> list[str]:
     """Decoded text of every contiguous run of trained tokens of an Encoded."""
-    from tempering.encoding import IGNORE_INDEX
+    from tempering.chat.encoding import IGNORE_INDEX
 
     runs: list[list[int]] = []
     for t, label in enumerate(enc.labels):

@@ -54,7 +54,7 @@ def test_a_run_shows_steps_and_a_table_without_library_chatter(tiny_recipe, tmp_
 
 def test_the_progress_bar_counts_optimizer_steps_of_the_whole_run(tiny_recipe, capsys):
     from tempering.recipe import load_recipe
-    from tempering.training import run_recipe
+    from tempering.train.driver import run_recipe
 
     tiny_recipe["trainer"].update(enable_progress_bar=True, accumulate_grad_batches=2,
                                   max_steps=5)
@@ -70,9 +70,9 @@ def test_the_held_out_loss_after_is_of_the_final_weights(tiny_recipe):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tempering.encoding import IGNORE_INDEX, ConversationEncoder
+    from tempering.chat.encoding import IGNORE_INDEX, ConversationEncoder
     from tempering.recipe import load_recipe
-    from tempering.training import run_recipe
+    from tempering.train.driver import run_recipe
 
     tiny_recipe["trainer"].update(max_steps=5, val_check_interval=2, check_val_every_n_epoch=None)
     summary = run_recipe(load_recipe(tiny_recipe))

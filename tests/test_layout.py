@@ -63,8 +63,8 @@ def test_the_encoder_builds_no_registry_of_its_own(tiny_tokenizer) -> None:
     """Names are looked up in the caller's registry; without one they are a clear error."""
     import pytest
 
-    from tempering.encoding import ConversationEncoder
-    from tempering.templates import TemplateError
+    from tempering.chat.encoding import ConversationEncoder
+    from tempering.chat.templates import TemplateError
     from tests.conftest import REGISTRY
 
     with pytest.raises(TemplateError, match="chat_template 'chatml' is a registered name"):
@@ -75,3 +75,12 @@ def test_the_encoder_builds_no_registry_of_its_own(tiny_tokenizer) -> None:
     encoder = ConversationEncoder(tiny_tokenizer, chat_template=REGISTRY.get(
         "chat_template", "chatml"), masking=REGISTRY.get("masking", "all_assistant"))
     assert encoder.template.name == "chatml"
+
+
+def test_tests_mirror_the_source_tree() -> None:
+    """Each test folder is a framework subpackage or plugins/; each framework subpackage has one."""
+    packages = {p.parent.name for p in (ROOT / "framework").glob("*/__init__.py")}
+    folders = {p.parent.name for p in (ROOT / "tests").glob("*/__init__.py")}
+    assert folders <= packages | {"plugins"}, folders - packages
+    assert packages <= folders, packages - folders
+    assert not (ROOT / "framework" / "assets_build.py").exists()  # build tools live in tools/

@@ -1,0 +1,1 @@
+"""Chat templates and exact conversation encoding (labels for any Jinja template)."""

@@ -1,0 +1,1 @@
+"""Data: record readers, sources, tokenization, packing and the LightningDataModule."""

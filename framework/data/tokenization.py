@@ -1,0 +1,134 @@
+"""Tokenizing conversations with ``datasets.map``: batched, cached by fingerprint, ``num_proc``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import tempering
+from tempering.chat.encoding import ENCODER_FORMAT, ConversationEncoder
+from tempering.chat.templates import TemplateError
+from tempering.data.sources import SKIP_HINT, BadRecordLog, Conversation, DataError
+
+__all__ = ["encode_one", "tokenize_conversations"]
+
+_COLUMNS = ("input_ids", "labels", "length", "num_supervised", "stop_ids", "unterminated",
+            "error_kind", "error")
+
+
+def encode_one(encoder: ConversationEncoder, messages: list[dict[str, Any]], max_length: int,
+               overflow: str) -> dict[str, Any]:
+    """Encode one conversation applying the overflow policy; errors become ``error_kind``."""
+    try:
+        enc = encoder.encode(messages)
+        if len(enc.input_ids) > max_length:
+            if overflow == "drop":
+                return _bad("too_long", f"{len(enc.input_ids)} tokens > max_length {max_length}")
+            enc = _leading_turns(encoder, messages, max_length)
+            if enc is None:
+                return _bad("no_supervised_tokens", "no leading whole turn fits in max_length "
+                            f"{max_length}")
+        if enc.num_supervised == 0:
+            return _bad("no_supervised_tokens", "no token is trained")
+    except TemplateError as exc:
+        return _bad(getattr(exc, "kind", "template_error"), str(exc))
+    except ValueError as exc:
+        return _bad("no_supervised_tokens", str(exc))
+    return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids),
+            "num_supervised": enc.num_supervised, "stop_ids": enc.stop_ids,
+            "unterminated": len(enc.unterminated), "error_kind": "", "error": ""}
+
+
+def _bad(kind: str, message: str) -> dict[str, Any]:
+    return {"input_ids": [], "labels": [], "length": 0, "num_supervised": 0, "stop_ids": [],
+            "unterminated": 0, "error_kind": kind, "error": message}
+
+
+def _leading_turns(encoder: ConversationEncoder, messages: list[dict[str, Any]],
+                   max_length: int) -> Any:
+    """The longest proper prefix ending after an assistant turn that fits and trains something.
+
+    The whole conversation did not fit; it may end with any role (a trailing user turn too).
+    """
+    ends = [j + 1 for j, m in enumerate(messages) if m["role"] == "assistant"][::-1]
+    for end in [e for e in ends if e < len(messages)]:
+        try:
+            enc = encoder.encode(messages[:end])
+        except ValueError:  # the strategy selects nothing in this prefix
+            continue
+        if len(enc.input_ids) <= max_length and enc.num_supervised > 0:
+            return enc
+    return None
+
+
+def _encode_batch(batch: dict[str, list], encoder: ConversationEncoder, max_length: int,
+                  overflow: str) -> dict[str, list]:
+    out: dict[str, list] = {c: [] for c in _COLUMNS}
+    for messages in batch["messages"]:
+        row = encode_one(encoder, json.loads(messages), max_length, overflow)
+        for c in _COLUMNS:
+            out[c].append(row[c])
+    return out
+
+
+def _fingerprint(encoder: ConversationEncoder, conversations: list[Conversation],
+                 max_length: int, overflow: str) -> str:
+    h = hashlib.sha256()
+    tok = encoder.tokenizer
+    h.update(tok.backend_tokenizer.to_str().encode() if hasattr(tok, "backend_tokenizer") else b"")
+    # The code that made the labels is part of the key: an upgrade that changes a mask never
+    # reads stale labels back from the shared cache.
+    h.update(json.dumps([tempering.__version__, ENCODER_FORMAT, encoder.template.jinja,
+                         encoder.template.kwargs, encoder.masking.name, encoder.masking_options,
+                         encoder.train_on_eot,
+                         encoder.append_stop_token, max_length, overflow, tok.bos_token,
+                         tok.eos_token], sort_keys=True, default=str).encode())
+    for conv in conversations:
+        h.update(json.dumps(conv.messages, sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+def tokenize_conversations(
+    conversations: list[Conversation], encoder: ConversationEncoder, *, max_length: int,
+    overflow: str, on_bad_record: str, log: BadRecordLog, num_proc: int = 1,
+    cache_dir: str | None = None, desc: str = "Tokenizing",
+) -> Any:
+    """Tokenize into a ``datasets.Dataset`` (input_ids, labels, length, num_supervised).
+
+    The result is cached under ``cache_dir`` by a fingerprint of the tokenizer, template,
+    masking, limits and conversations, so a second run with the same inputs reads it back.
+    """
+    import datasets
+
+    fingerprint = _fingerprint(encoder, conversations, max_length, overflow)
+    raw = datasets.Dataset.from_dict({
+        # JSON text, not Arrow structs: nested fields (tool-call arguments) of different shapes
+        # would otherwise be merged into one schema and padded with nulls.
+        "messages": [json.dumps(c.messages) for c in conversations],
+    })
+    cache = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "tempering"
+    cache.mkdir(parents=True, exist_ok=True)
+    encoded = raw.map(
+        _encode_batch, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
+        fn_kwargs={"encoder": encoder, "max_length": max_length, "overflow": overflow},
+        remove_columns=["messages"], new_fingerprint=fingerprint,
+        cache_file_name=str(cache / f"{fingerprint}.arrow"), desc=desc,
+    )
+    # Where each record came from is attached fresh, never read back from the cache: the same
+    # conversations copied to another file are cached once but reported under the file read.
+    if "origin" in encoded.column_names:  # a cache written before origins were kept out of it
+        encoded = encoded.remove_columns(["origin"])
+    encoded = encoded.add_column("origin", [c.origin for c in conversations])
+    kinds = encoded["error_kind"]
+    bad = [i for i, k in enumerate(kinds) if k]
+    if bad:
+        errors = encoded.select(bad)
+        for origin, kind, message in zip(errors["origin"], errors["error_kind"], errors["error"],
+                                         strict=True):
+            if on_bad_record == "error" and kind != "too_long":
+                raise DataError(f"{origin}: {message} {SKIP_HINT}")
+            log.add(kind)
+        encoded = encoded.select([i for i, k in enumerate(kinds) if not k])
+    return encoded.remove_columns(["error_kind", "error"])

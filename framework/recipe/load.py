@@ -1,0 +1,312 @@
+"""Recipe loading: YAML (safe loader) + ``a.b=value`` overrides -> typed, validated Recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tempering.plugin_manager import closest
+from tempering.recipe.schema import (
+    ComponentConfig,
+    DataConfig,
+    DataSource,
+    EvalConfig,
+    ModelConfig,
+    OptimConfig,
+    Recipe,
+    TrainConfig,
+    WandbConfig,
+)
+
+__all__ = [
+    "Recipe", "RecipeError", "DataSource", "DataConfig", "ModelConfig", "ComponentConfig",
+    "OptimConfig", "TrainConfig", "EvalConfig", "WandbConfig",
+    "bundled_recipes", "find_recipe", "load_recipe", "parse_overrides", "resolve_bundled",
+    "validate_components", "check_locations", "to_dict",
+]
+
+BUNDLED_PREFIX = "bundled:"
+
+
+class RecipeError(ValueError):
+    """A recipe problem, reported as one line with the file and key path."""
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Bundled recipe names -> paths."""
+    root = importlib.resources.files("tempering.recipes")
+    return {p.name[:-5]: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe file path, or the path of the bundled recipe with that name."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    bundled = bundled_recipes()
+    name = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
+    if name in bundled:
+        return bundled[name]
+    raise RecipeError(f"no recipe file {name_or_path!r} and no bundled recipe of that name"
+                      f"{closest(name, bundled)}")
+
+
+def resolve_bundled(location: str) -> str:
+    """Turn ``bundled:tiny-llama`` into a path inside the installed package; others unchanged."""
+    if not location.startswith(BUNDLED_PREFIX):
+        return location
+    path = Path(str(importlib.resources.files("tempering.assets"))) / location[len(BUNDLED_PREFIX):]
+    if not path.exists():
+        raise RecipeError(f"{location!r}: no such bundled asset ({path})")
+    return str(path)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[x, y]"]`` -> ``{"a.b": 1, "c": ["x", "y"]}`` (values parsed as YAML)."""
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"override {item!r} is not of the form key.path=value")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            problem = str(exc).strip().splitlines()[0]
+            raise RecipeError(f"override {item!r}: the value is not valid YAML ({problem})"
+                              ) from None
+    return parsed
+
+
+_COMPONENT_KEYS = {f.name for f in dataclasses.fields(Recipe)
+                   if f.type in (ComponentConfig, "ComponentConfig")}
+
+
+def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node: Any = raw
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth]) or "the recipe"
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"override {dotted}: {where} is a list of {len(node)}; "
+                                  f"{part!r} is not one of its indices 0..{len(node) - 1}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                elif depth == 0 and part in _COMPONENT_KEYS and isinstance(node[part], str):
+                    node[part] = {"name": node[part]}  # `masking: x` + `masking.n=3`
+                node = node[part]
+        else:
+            raise RecipeError(f"override {dotted}: {where} is {node!r}, not a mapping or a list")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and tp is ComponentConfig and isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where)  # type: ignore[arg-type]
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise RecipeError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    if cls is ComponentConfig:  # `objective: {name: soft_kl, temperature: 2}` -> options
+        raw = dict(raw)
+        options = dict(raw.pop("options", None) or {})
+        options.update({k: raw.pop(k) for k in list(raw) if k != "name"})
+        raw["options"] = options
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise RecipeError(f"{path}: unknown key{closest(key, fields)}")
+        if hints[key] is ComponentConfig and isinstance(value, dict) and "name" not in value:
+            value = {"name": fields[key].default_factory().name, **value}  # type: ignore[misc,operator]
+        converted = _convert(value, hints[key], path)
+        minimum = fields[key].metadata.get("minimum")
+        if minimum is not None and isinstance(converted, (int, float)) and converted < minimum:
+            raise RecipeError(f"{path}: {converted!r} is below the smallest allowed value "
+                              f"{minimum:g}")
+        choices = fields[key].metadata.get("choices")
+        if choices and converted not in choices:
+            raise RecipeError(f"{path}: {converted!r} is not one of {', '.join(choices)}"
+                              f"{closest(str(converted), choices)}")
+        kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _allowed(annotation: Any) -> tuple[Any, ...] | None:
+    """The plain values an annotation admits (types and Literal values), or None if it admits
+    anything we do not check (objects, containers)."""
+    if annotation in (int, float, bool, str, type(None)):
+        return (annotation,)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_allowed(a) for a in typing.get_args(annotation)]
+        return None if any(p is None for p in parts) else tuple(x for p in parts if p for x in p)
+    return None
+
+
+def _admits(value: Any, allowed: tuple[Any, ...]) -> bool:
+    for a in allowed:
+        if isinstance(a, type):
+            if a is float and isinstance(value, int) and not isinstance(value, bool):
+                return True
+            if isinstance(value, a) and not (a is int and isinstance(value, bool)):
+                return True
+        elif value == a and type(value) is type(a):
+            return True
+    return False
+
+
+def _check_trainer_args(trainer: dict[str, Any]) -> None:
+    from lightning.pytorch import Trainer
+
+    valid = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    hints = typing.get_type_hints(Trainer.__init__)
+    for key, value in trainer.items():
+        if key not in valid:
+            raise RecipeError(f"trainer.{key}: not a lightning.Trainer argument{closest(key, valid)}")
+        allowed = _allowed(hints.get(key, Any))
+        if allowed is not None and key != "strategy" and not _admits(value, allowed):
+            kinds = ", ".join(a.__name__ if isinstance(a, type) else repr(a) for a in allowed)
+            raise RecipeError(f"trainer.{key}: {value!r} is not one of: {kinds}")
+
+
+def _looks_local(location: str) -> bool:
+    return location.startswith(("/", ".", "~")) or Path(location).suffix in (".json", ".jsonl")
+
+
+def _check_location(key: str, location: str | None) -> None:
+    if location is None:
+        return
+    if not location:
+        raise RecipeError(f"{key}: missing")
+    if location.startswith(BUNDLED_PREFIX):
+        try:
+            resolve_bundled(location)
+        except RecipeError as exc:
+            raise RecipeError(f"{key}: {exc}") from None
+    elif _looks_local(location) and not Path(location).expanduser().exists():
+        raise RecipeError(f"{key}: {location} does not exist")
+
+
+def check_locations(recipe: Recipe) -> None:
+    """Every local data source and model exists, before anything is read (hub ids are not
+    checked here). Separate from loading, so a recipe for another machine still validates."""
+    for section in ("train", "validation"):
+        for i, source in enumerate(getattr(recipe.data, section)):
+            _check_location(f"data.{section}[{i}].path", source.path)
+    _check_location("model.name_or_path", recipe.model.name_or_path)
+    _check_location("model.tokenizer", recipe.model.tokenizer)
+
+
+def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe from a path, a bundled name, or a dict, then apply ``a.b=value`` overrides.
+
+    Raises:
+        RecipeError: one line naming the file and the key path, with the closest valid names.
+    """
+    if isinstance(source, dict):
+        raw, label = source, "<dict>"
+    else:
+        path = find_recipe(str(source))
+        label = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{label}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{label}: the top level must be a mapping")
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy, plain types only
+    try:
+        for key, value in parse_overrides(overrides or []).items():
+            _apply_override(raw, key, value)
+        recipe = _build(Recipe, raw, "")
+        _check_trainer_args(recipe.trainer)
+        if not recipe.data.train:
+            raise RecipeError("data.train: at least one training source is needed")
+    except RecipeError as exc:
+        raise RecipeError(f"{label}: {exc}") from None
+    except (IndexError, ValueError, TypeError, AttributeError) as exc:
+        raise RecipeError(f"{label}: bad override: {exc}") from None
+    return recipe
+
+
+def validate_components(recipe: Recipe, registry: Any) -> None:
+    """Every component the recipe names is registered and takes the options given (kinds from
+    the KINDS table); errors name the key path and the closest valid names."""
+    from tempering.components import KINDS
+    from tempering.plugin_manager import ComponentError
+
+    for kind in KINDS:
+        if kind.recipe_key is None:
+            continue
+        picked: ComponentConfig = getattr(recipe, kind.recipe_key)
+        if not kind.is_name(picked.name):
+            continue
+        try:
+            component = registry.get(kind.name, picked.name)
+        except ComponentError as exc:
+            raise RecipeError(f"{kind.recipe_key}: {exc}") from None
+        accepted = kind.option_names(component)
+        for option in picked.options:
+            if accepted is not None and option not in accepted:
+                takes = closest(option, accepted) if accepted else "; it takes no options"
+                raise RecipeError(f"{kind.recipe_key}.{option}: not an option of {kind.name} "
+                                  f"{picked.name!r}{takes}")
+
+
+def to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe as plain data (for W&B config and run summaries)."""
+    return dataclasses.asdict(recipe)

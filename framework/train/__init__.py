@@ -1,0 +1,1 @@
+"""Training: the LightningModule, chunked losses, optimizer groups, checkpoints, the run driver."""

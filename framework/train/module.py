@@ -1,0 +1,222 @@
+"""The LightningModule: any causal LM, the ``compute_loss`` hook, an exact token-mean loss.
+
+Loss normalisation. Each micro-batch carries ``num_window_tokens``: the supervised tokens of its
+whole accumulation window summed over all ranks (known in advance from the batch plan). The
+micro-batch returns ``loss_sum * world_size * accumulate / num_window_tokens``; Lightning divides
+by ``accumulate`` and DDP/FSDP average gradients over ranks, so the optimizer step sees the
+gradient of (sum of per-token losses in the window) / (supervised tokens in the window): the
+mean over every supervised token of the step, whatever the micro-batch and rank split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torchmetrics import SumMetric
+
+from tempering.models import load_model
+from tempering.recipe import Recipe
+from tempering.train.losses import LossOutput, chunked_per_token, supervised_hidden
+from tempering.train.optim import check_update_precision, decay_groups, grad_norm, no_decay_names
+
+__all__ = ["SFTModule", "lr_lambda"]
+
+
+def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate at ``step``: linear warmup, then decay."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * decay
+
+
+class _CrossEntropy:
+    """Plain next-token NLL for validation perplexity, whatever the training objective."""
+
+    name = "cross_entropy"
+
+    @staticmethod
+    def per_token(logits: torch.Tensor, labels: torch.Tensor, teacher: Any = None) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+
+
+class SFTModule(pl.LightningModule):
+    """Supervised fine-tuning of a causal LM with a pluggable loss.
+
+    Args:
+        recipe: the run's recipe.
+        plugin_manager: the run's PluginManager (``compute_loss``).
+        registry: the component registry (the objective).
+        model: an already built model; loaded from the recipe in ``configure_model`` if None.
+    """
+
+    def __init__(self, recipe: Recipe, plugin_manager: Any, registry: Any, model: Any = None) -> None:
+        super().__init__()
+        self.recipe, self.pm = recipe, plugin_manager
+        self.objective = registry.get("objective", recipe.objective.name)
+        self.objective_options = dict(recipe.objective.options)
+        self.loss_chunk_size = recipe.train.loss_chunk_size
+        self.model = model
+        self._param_names: set[str] = set()
+        self._no_decay: set[str] = set()
+        self._parity_pending = False
+        if model is not None:
+            self._prepare_model()
+        self.val_loss_sum, self.val_nll_sum, self.val_tokens = SumMetric(), SumMetric(), SumMetric()
+        self.validated_at_step: int | None = None  # the global step of the last validation
+        self._window_loss: torch.Tensor | float = 0.0
+        self._step_started: float | None = None
+        self._step_lr = 0.0
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = load_model(self.recipe.model, self.recipe.train.seed)
+            self._prepare_model()
+
+    def _prepare_model(self) -> None:
+        """On the model as loaded, before any wrapping or sharding: refuse an architecture whose
+        logits the chunked loss would not reproduce, and decide the weight-decay groups."""
+        from tempering.train.logit_check import check_logit_parity
+        from tempering.train.optim import clean_name
+
+        # The check runs a short forward where the model is now (the CPU, as loaded), which
+        # eager and sdpa attention can do; other kernels (flash attention) wait for the first
+        # step, on the device.
+        impl = getattr(self.model.config, "_attn_implementation", None)
+        self._parity_pending = impl not in (None, "eager", "sdpa")
+        if not self._parity_pending:
+            check_logit_parity(self.model)
+        self._param_names = {clean_name(n) for n, _ in self.model.named_parameters()}
+        self._no_decay = no_decay_names(self.model)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _loss(self, batch: dict[str, Any]) -> LossOutput:
+        if self._parity_pending:  # every rank, on the first micro-batch (a forward of its own)
+            from tempering.train.logit_check import check_logit_parity
+
+            check_logit_parity(self.model)
+            self._parity_pending = False
+        out = self.pm.hook.compute_loss(module=self, batch=batch)
+        if out is None:
+            raise RuntimeError("no compute_loss plugin returned a loss")
+        return out
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._step_started is None:  # first micro-batch of an optimizer step
+            self._step_started = time.perf_counter()
+            self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._is_window_end(batch_idx):  # after backward and the optimizer step
+            self._log_window(batch)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self._loss(batch)
+        window = batch["num_window_tokens"].clamp(min=1).to(out.loss_sum.dtype)
+        scale = self.trainer.world_size * self.trainer.accumulate_grad_batches / window
+        loss = out.loss_sum * scale
+        self._window_loss = self._window_loss + out.loss_sum.detach() / window  # no host sync
+        n = batch["input_ids"].numel()
+        self.log_dict({
+            "train/supervised_ratio": batch["num_supervised"].float() / max(1, n),
+            "train/padding_ratio": batch["num_padding"].float() / max(1, n),
+            **{f"train/{k}": v for k, v in out.metrics.items()},
+        }, on_step=True, on_epoch=False, batch_size=1)
+        return loss
+
+    def _is_window_end(self, batch_idx: int) -> bool:
+        accumulate = self.trainer.accumulate_grad_batches
+        last = self.trainer.num_training_batches
+        return (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == last
+
+    def _log_window(self, batch: dict[str, Any]) -> None:
+        elapsed = time.perf_counter() - (self._step_started or time.perf_counter())
+        loss = torch.as_tensor(self._window_loss, device=self.device, dtype=torch.float32)
+        self.log("train/loss", loss, reduce_fx="sum", sync_dist=True, prog_bar=True, batch_size=1)
+        self.log("train/lr", self._step_lr, batch_size=1)
+        if elapsed > 0:
+            self.log_dict({
+                "perf/tokens_per_s": batch["num_window_all_tokens"].float() / elapsed,
+                "perf/supervised_tokens_per_s": batch["num_window_tokens"].float() / elapsed,
+            }, batch_size=1)
+        self._window_loss, self._step_started = 0.0, None
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self._loss(batch)
+        self.val_loss_sum.update(out.loss_sum)
+        self.val_tokens.update(out.num_tokens)
+        # Perplexity is exp of the plain NLL whatever the objective (label smoothing, KL, a
+        # wrapping plugin's extra terms): the loss hook reports it, or it is computed here.
+        nll = out.nll_sum if out.nll_sum is not None else self._nll_sum(batch)
+        self.val_nll_sum.update(nll)
+
+    def _nll_sum(self, batch: dict[str, Any]) -> torch.Tensor:
+        hidden, targets = supervised_hidden(self.model, batch)
+        return chunked_per_token(self.model, _CrossEntropy, hidden, targets,
+                                 chunk_size=self.loss_chunk_size).sum()
+
+    def on_validation_epoch_end(self) -> None:
+        tokens = self.val_tokens.compute().clamp(min=1)
+        loss = self.val_loss_sum.compute() / tokens
+        nll = self.val_nll_sum.compute() / tokens
+        self.log_dict({"val/loss": loss, "val/perplexity": torch.exp(nll)}, prog_bar=True,
+                      sync_dist=False)
+        for metric in (self.val_loss_sum, self.val_nll_sum, self.val_tokens):
+            metric.reset()
+        if not self.trainer.sanity_checking:
+            self.validated_at_step = self.trainer.global_step
+
+    # -- optimization -----------------------------------------------------------------------
+
+    def _sharded(self) -> bool:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return isinstance(self.trainer.strategy, FSDPStrategy)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # Under FSDP each rank holds a shard of every gradient: the squares are added up.
+        reduce = self._sum_over_ranks if self._sharded() else None
+        self.log("train/grad_norm", grad_norm(self.parameters(), reduce), batch_size=1)
+
+    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum")
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        if gradient_clip_val and self._sharded() and gradient_clip_algorithm in (None, "norm"):
+            # Lightning refuses norm clipping under FSDP; the root FSDP module clips the norm of
+            # the whole (sharded) gradient correctly.
+            root: Any = self.trainer.strategy.model
+            root.clip_grad_norm_(float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def configure_optimizers(self) -> Any:
+        o = self.recipe.optim
+        frozen = check_update_precision(
+            self.model.named_parameters(), o.lr,
+            self._sum_over_ranks if self.trainer.world_size > 1 else None)
+        if frozen:
+            rank_zero_warn(
+                f"optim.lr {o.lr:g}: most updates round away in {len(frozen)} low-precision "
+                f"parameter tensors ({', '.join(frozen[:3])}{', ...' if len(frozen) > 3 else ''}), "
+                "which then barely train; fp32 master weights (bf16-mixed) avoid it")
+        groups = decay_groups(self.model.named_parameters(), self._no_decay, self._param_names,
+                              o.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = o.warmup_steps or int(o.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_lambda(s, warmup=warmup, total=total, schedule=o.scheduler,
+                                           min_ratio=o.min_lr_ratio))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,341 @@
+"""The plugin host: hooks, registration, discovery through recipes and entry points."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from tempering import hookspecs
+from tempering.plugin_manager import (
+    BUILTIN_PLUGINS,
+    ComponentError,
+    build_plugin_manager,
+    build_registry,
+)
+
+HOOKS = sorted(n for n, f in vars(hookspecs).items()
+               if inspect.isfunction(f) and hasattr(f, "tempering_spec"))
+
+
+def test_every_hook_has_a_builtin_implementation_a_docstring_and_a_test():
+    pm = build_plugin_manager(entry_points=False)
+    source = Path(__file__).read_text()
+    assert HOOKS, "no hookspecs found"
+    for name in HOOKS:
+        impls = getattr(pm.hook, name).get_hookimpls()
+        assert any(i.plugin_name in BUILTIN_PLUGINS for i in impls), name
+        assert (getattr(hookspecs, name).__doc__ or "").strip(), name
+        assert f"def test_{name}" in source, f"hook {name} has no test here"
+
+
+def test_a_fresh_plugin_manager_per_run():
+    a, b = build_plugin_manager(entry_points=False), build_plugin_manager(entry_points=False)
+    extra = type(sys)("extra_plugin")
+    b.register(extra)
+    assert not a.is_registered(extra)
+
+
+def test_nothing_is_registered_at_import():
+    """Importing tempering and every built-in plugin creates no plugin manager and calls no hook."""
+    import subprocess
+
+    code = "\n".join([
+        "import gc, importlib, pluggy, tempering",
+        "from tempering.plugin_manager import BUILTIN_PLUGINS",
+        "for name in BUILTIN_PLUGINS: importlib.import_module(name)",
+        "print('MANAGERS', sum(isinstance(o, pluggy.PluginManager) for o in gc.get_objects()))"])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "MANAGERS 0" in out.stdout, out.stdout
+
+
+def _module(name: str, code: str):
+    mod = type(sys)(name)
+    exec(textwrap.dedent(code), mod.__dict__)
+    return mod
+
+
+def test_register_chat_templates():
+    mod = _module("tpl_plugin", """
+        from tempering import ChatTemplate, hookimpl
+        @hookimpl
+        def register_chat_templates():
+            return [ChatTemplate("plain", "{% for m in messages %}{{ m['content'] }}{% endfor %}")]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+    assert registry.get("chat_template", "plain").jinja.startswith("{% for")
+    assert registry.providers["chat_template"]["llama3"] == "tempering.plugins.chat_templates"
+
+
+def test_registration_goes_through_pm_hook_so_wrappers_and_tracing_see_it():
+    wrapper = _module("tpl_wrapper", """
+        from tempering import hookimpl
+        @hookimpl(wrapper=True)
+        def register_chat_templates():
+            lists = yield
+            return [[t for t in found if t.name != "alpaca"] for found in lists]
+    """)
+    pm = build_plugin_manager([wrapper], entry_points=False)
+    seen = []
+    pm.add_hookcall_monitoring(lambda name, impls, kwargs: seen.append(name), lambda *a: None)
+    registry = build_registry(pm)
+    assert "alpaca" not in registry.names("chat_template")  # the wrapper filtered it
+    assert registry.providers["chat_template"]["chatml"] == "tempering.plugins.chat_templates"
+    from tempering.components import KINDS
+
+    assert seen == [kind.hook for kind in KINDS]  # every kind's hook, traced
+
+
+def test_a_registration_hook_that_returns_none_is_named():
+    mod = _module("none_plugin", """
+        from tempering import hookimpl
+        @hookimpl
+        def register_objectives():
+            return None
+    """)
+    with pytest.raises(ComponentError, match="register_objectives: .*an empty list for none"):
+        build_registry(build_plugin_manager([mod], entry_points=False))
+
+
+def test_every_kind_of_the_table_has_its_generated_hook():
+    from tempering.components import KINDS
+
+    for kind in KINDS:
+        spec = getattr(hookspecs, kind.hook)
+        assert kind.hook in HOOKS and kind.contract.__name__ in spec.__doc__
+
+
+def test_register_masking_strategies():
+    mod = _module("mask_plugin", """
+        from tempering import MaskingStrategy, hookimpl
+        @hookimpl
+        def register_masking_strategies():
+            return [MaskingStrategy("first_assistant", lambda ms: [
+                m["role"] == "assistant" and all(p["role"] != "assistant" for p in ms[:i])
+                for i, m in enumerate(ms)])]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+    select = registry.get("masking", "first_assistant").select
+    msgs = [{"role": "user"}, {"role": "assistant"}, {"role": "user"}, {"role": "assistant"}]
+    assert select(msgs) == [False, True, False, False]
+    assert {"all_assistant", "last_assistant", "per_message", "all"} <= set(registry.names("masking"))
+
+
+def test_register_objectives():
+    mod = _module("obj_plugin", """
+        from tempering import Objective, hookimpl
+        @hookimpl
+        def register_objectives():
+            return [Objective("zero", lambda s, l, t=None, **o: s.sum(-1) * 0)]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+    assert registry.get("objective", "zero").per_token(torch.ones(2, 3), None).tolist() == [0, 0]
+
+
+_FIRST_N = """
+    from tempering import MaskingStrategy, hookimpl
+    def first_n(messages, n=1):
+        seen, out = 0, []
+        for m in messages:
+            out.append(m["role"] == "assistant" and seen < n)
+            seen += m["role"] == "assistant"
+        return out
+    @hookimpl
+    def register_masking_strategies():
+        return [MaskingStrategy("first_n", first_n)]
+"""
+
+
+def test_every_kind_takes_name_and_options_in_a_recipe(tiny_tokenizer) -> None:
+    from tempering.data.datamodule import recipe_encoder
+    from tempering.recipe import load_recipe, validate_components
+
+    registry = build_registry(build_plugin_manager([_module("first_n_plugin", _FIRST_N)],
+                                                   entry_points=False))
+    recipe = load_recipe({"data": {"train": [{"path": "x.jsonl"}]}, "masking": "first_n",
+                          "chat_template": {"name": "chatml", "greeting": "hi"},
+                          "objective": {"label_smoothing": 0.1}},
+                         ["masking.n=2"])
+    assert (recipe.masking.name, recipe.masking.options) == ("first_n", {"n": 2})
+    assert (recipe.objective.name, recipe.objective.options) == ("cross_entropy",
+                                                                 {"label_smoothing": 0.1})
+    validate_components(recipe, registry)
+    encoder = recipe_encoder(recipe, tiny_tokenizer, registry)
+    assert encoder.template.kwargs["greeting"] == "hi"
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a1"},
+             {"role": "user", "content": "q"}, {"role": "assistant", "content": "a2"},
+             {"role": "user", "content": "q"}, {"role": "assistant", "content": "a3"}]
+    enc = encoder.encode(turns)
+    trained = tiny_tokenizer.decode([t for t, label in zip(enc.input_ids, enc.labels, strict=True)
+                                     if label != -100])
+    assert "a1" in trained and "a2" in trained and "a3" not in trained
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({"masking": {"name": "first_n", "nn": 2}}, "masking.nn: not an option of masking "
+                                                 "'first_n'; did you mean 'n'?"),
+    ({"masking": {"name": "first_n", "k": 2}}, "masking.k: not an option of masking 'first_n'"
+                                                "; valid names: n"),
+    ({"masking": {"name": "last_assistant", "n": 2}}, "masking.n: not an option of masking "
+                                                       "'last_assistant'; it takes no options"),
+    ({"objective": {"label_smoothin": 0.1}}, "objective.label_smoothin: not an option of "
+                                              "objective 'cross_entropy'; did you mean "
+                                              "'label_smoothing'?"),
+])
+def test_an_option_a_component_does_not_take_is_named(given, expected) -> None:
+    from tempering.recipe import RecipeError, load_recipe, validate_components
+
+    registry = build_registry(build_plugin_manager([_module("first_n_plugin2", _FIRST_N)],
+                                                   entry_points=False))
+    recipe = load_recipe({"data": {"train": [{"path": "x.jsonl"}]}, **given})
+    with pytest.raises(RecipeError) as info:
+        validate_components(recipe, registry)
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_duplicate_component_names_name_both_plugins():
+    mod = _module("dup_plugin", """
+        from tempering import ChatTemplate, hookimpl
+        @hookimpl
+        def register_chat_templates():
+            return [ChatTemplate("llama3", "{{ messages }}")]
+    """)
+    with pytest.raises(ComponentError, match="tempering.plugins.chat_templates.*dup_plugin"):
+        build_registry(build_plugin_manager([mod], entry_points=False))
+
+
+def test_a_misspelt_hook_fails_loudly_with_a_suggestion():
+    mod = _module("typo_plugin", """
+        from tempering import hookimpl
+        @hookimpl
+        def register_chat_template():
+            return []
+    """)
+    with pytest.raises(ComponentError, match="unknown hook 'register_chat_template'.*"
+                       "register_chat_templates"):
+        build_plugin_manager([mod], entry_points=False)
+
+
+def test_wrong_component_type_is_reported():
+    mod = _module("bad_plugin", """
+        from tempering import hookimpl
+        @hookimpl
+        def register_objectives():
+            return ["not an objective"]
+    """)
+    with pytest.raises(ComponentError, match="bad_plugin.*expected Objective"):
+        build_registry(build_plugin_manager([mod], entry_points=False))
+
+
+def test_format_example():
+    from tempering.recipe import DataSource
+
+    mod = _module("qa_plugin", """
+        from tempering import hookimpl
+        @hookimpl
+        def format_example(record, source):
+            if source.format != "qa":
+                return None
+            return [{"role": "user", "content": record["q"]},
+                    {"role": "assistant", "content": record["a"]}]
+    """)
+    pm = build_plugin_manager([mod], entry_points=False)
+    got = pm.hook.format_example(record={"q": "Q?", "a": "A."}, source=DataSource(format="qa"))
+    assert got == [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]
+    builtin = pm.hook.format_example(record={"prompt": "p", "completion": "c"},
+                                     source=DataSource(format="auto"))
+    assert builtin[1] == {"role": "assistant", "content": "c"}
+
+
+def test_compute_loss(tiny_tokenizer):
+    """The built-in loss, and a plugin wrapping it to add a term."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tempering.chat.encoding import encode_conversation
+    from tempering.data.packing import collate_padded
+    from tempering.recipe import load_recipe
+    from tempering.train.module import SFTModule
+    from tests.conftest import REGISTRY, TINY
+
+    mod = _module("loss_wrapper", """
+        from tempering import hookimpl
+        @hookimpl(wrapper=True)
+        def compute_loss(module, batch):
+            out = yield
+            out.loss_sum = out.loss_sum + 100.0
+            out.metrics["wrapped"] = 1.0
+            return out
+    """)
+    recipe = load_recipe({"data": {"train": [{"path": "x.jsonl"}]}})
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY))
+    enc = encode_conversation([{"role": "user", "content": "hi"},
+                               {"role": "assistant", "content": "yo"}], tiny_tokenizer,
+                              chat_template="chatml", registry=REGISTRY)
+    batch = collate_padded([{"input_ids": enc.input_ids, "labels": enc.labels}], 0)
+    plain_pm = build_plugin_manager(entry_points=False)
+    plain = SFTModule(recipe, plain_pm, build_registry(plain_pm), model=model)._loss(batch)
+    assert plain.num_tokens == enc.num_supervised - (enc.labels[0] != -100)
+    wrapped_pm = build_plugin_manager([mod], entry_points=False)
+    wrapped = SFTModule(recipe, wrapped_pm, build_registry(wrapped_pm), model=model)._loss(batch)
+    assert float(wrapped.loss_sum.detach()) == pytest.approx(float(plain.loss_sum.detach()) + 100.0)
+    assert wrapped.metrics == {"wrapped": 1.0}
+
+
+def test_recipe_listed_plugin_module(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_listed_plugin.py").write_text(textwrap.dedent("""
+        from tempering import ChatTemplate, hookimpl
+        @hookimpl
+        def register_chat_templates():
+            return [ChatTemplate("listed", "{{ messages[0]['content'] }}", "from a recipe")]
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from tempering.cli import main
+
+    assert main(["plugins", "--plugin", "my_listed_plugin"]) == 0
+    out = capsys.readouterr().out
+    assert "listed" in out and "my_listed_plugin" in out
+    assert main(["plugins", "--plugin", "no_such_plugin_module"]) == 2
+    assert "cannot import plugin module 'no_such_plugin_module'" in capsys.readouterr().err
+
+
+def test_a_plugin_installed_as_a_package_is_found_through_its_entry_point(tmp_path):
+    pkg = tmp_path / "src"
+    (pkg / "tempering_demo_plugin").mkdir(parents=True)
+    (pkg / "tempering_demo_plugin" / "__init__.py").write_text("")
+    (pkg / "tempering_demo_plugin" / "plugin.py").write_text(textwrap.dedent("""
+        from tempering import ChatTemplate, hookimpl
+        @hookimpl
+        def register_chat_templates():
+            return [ChatTemplate("demo", "{{ messages[0]['content'] }}", "installed demo")]
+    """))
+    (pkg / "pyproject.toml").write_text(textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "tempering-demo-plugin"
+        version = "0.0.1"
+        [project.entry-points.tempering]
+        demo = "tempering_demo_plugin.plugin"
+        [tool.setuptools]
+        packages = ["tempering_demo_plugin"]
+    """))
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(pkg)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get(
+        "PYTHONPATH", "")])}
+    listing = subprocess.run([sys.executable, "-m", "tempering.cli", "plugins"],
+                             capture_output=True, text=True, env=env)
+    assert listing.returncode == 0, listing.stderr
+    demo = [line for line in listing.stdout.splitlines() if line.strip().startswith("demo ")]
+    assert demo and "installed demo" in demo[0] and " demo " in demo[0]

@@ -1,0 +1,1 @@
+"""Build tools (not installed): the bundled tiny model and data."""
