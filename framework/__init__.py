@@ -14,7 +14,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from tempering.components import ChatTemplate, MaskingStrategy, Objective
+from tempering.components import (
+    ChatTemplate,
+    MaskingStrategy,
+    Metric,
+    Objective,
+    OverflowPolicy,
+    RecordFormat,
+)
 from tempering.hookspecs import hookimpl, hookspec
 
 __version__ = "0.1.0"
@@ -28,7 +35,6 @@ _LAZY = {
     "TemplateError": "tempering.chat.templates",
     "resolve_chat_template": "tempering.chat.templates",
     "BadRecordError": "tempering.data.records",
-    "FORMATS": "tempering.data.records",
     "to_messages": "tempering.data.records",
     "build_plugin_manager": "tempering.plugin_manager",
     "build_registry": "tempering.plugin_manager",
@@ -40,13 +46,18 @@ _LAZY = {
     "SFTModule": "tempering.train.module",
     "ConversationDataModule": "tempering.data.datamodule",
     "run_recipe": "tempering.train.driver",
+    "Generator": "tempering.generate",
+    "GenerationParams": "tempering.generate",
 }
 
 __all__ = [
     "__version__",
     "ChatTemplate",
     "MaskingStrategy",
+    "Metric",
     "Objective",
+    "OverflowPolicy",
+    "RecordFormat",
     "hookimpl",
     "hookspec",
     *_LAZY,

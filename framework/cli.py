@@ -38,7 +38,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         for name in registry.names(kind.name):
             component = registry.components[kind.name][name]
             provider = registry.providers[kind.name][name]
-            print(f"  {name:<16} {provider:<36} {getattr(component, 'description', '')}")
+            print(f"  {name:<18} {provider:<36} {getattr(component, 'description', '')}")
     return 0
 
 
@@ -150,7 +150,8 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     for s in sources:  # read no more than needed
         s.max_records = min(s.max_records or args.n, args.n)
     log = BadRecordLog()
-    conversations = load_conversations(sources, pm.hook.format_example, on_bad_record="skip",
+    conversations = load_conversations(sources, pm.hook.format_example, registry,
+                                       on_bad_record="skip",
                                        seed=recipe.train.seed, log=log)[: args.n]
     color = sys.stdout.isatty()
     tokens = supervised = 0

@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ChatTemplate", "ComponentKind", "KINDS", "MaskingStrategy", "Objective"]
+__all__ = ["ChatTemplate", "ComponentKind", "KINDS", "MaskingStrategy", "Metric", "Objective",
+           "OverflowPolicy", "RecordFormat"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,60 @@ class Objective:
 
 
 @dataclass(frozen=True)
+class RecordFormat:
+    """A data record format (``format: alpaca`` on a data source).
+
+    Attributes:
+        name: the name recipes use.
+        convert: ``convert(record, **options) -> messages`` or ``(messages, where)``: OpenAI-style
+            ``{"role", "content"[, "train"]}`` dicts, and optionally, per message, its key path in
+            the record (so errors name the field). Raise :class:`tempering.BadRecordError` for a
+            record it cannot convert. The framework then checks roles and assistant content.
+        detect: ``detect(record) -> bool``: whether a record looks like this format, for
+            ``format: auto`` (formats are tried in registration order). None: never detected.
+        description: one line for ``tempering plugins``.
+    """
+
+    name: str
+    convert: Callable[..., Any]
+    detect: Callable[[dict[str, Any]], bool] | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class OverflowPolicy:
+    """What happens to a conversation longer than ``data.max_length`` (``data.overflow``).
+
+    Attributes:
+        name: the name recipes use.
+        fit: ``fit(encoder, messages, encoded, max_length, **options) -> Encoded | None``: an
+            encoding that fits, or None to drop the record (counted as ``too_long``). It may
+            raise :class:`tempering.BadRecordError` to drop it under a kind of its own.
+        description: one line for ``tempering plugins``.
+    """
+
+    name: str
+    fit: Callable[..., Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A score of a generated answer against the reference (``eval.metrics``).
+
+    Attributes:
+        name: the name recipes use; the run summary reports ``<name>`` (after training) and
+            ``<name>_before``, the mean over the held-out examples.
+        score: ``score(prediction, reference, **options) -> float``.
+        description: one line for ``tempering plugins``.
+    """
+
+    name: str
+    score: Callable[..., float]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class ComponentKind:
     """One kind of component. :data:`KINDS` is the one table that drives everything about a
     kind: its registration hook (generated in :mod:`tempering.hookspecs`), building the registry,
@@ -85,7 +140,8 @@ class ComponentKind:
         name: the kind's name (``chat_template``), as errors and ``tempering plugins`` say it.
         hook: the registration hook plugins implement (``register_chat_templates``).
         contract: the class every registered component is an instance of.
-        recipe_key: the recipe key that names one component of this kind (None: picked in code).
+        recipe_keys: the recipe keys that pick components of this kind, dotted, ``[]`` for
+            every item of a list (``data.train[].format``).
         description: what the components of this kind do, for the hook's docstring and listing.
         is_name: whether a recipe value names a registered component (``chat_template`` also
             takes files and inline Jinja).
@@ -97,7 +153,7 @@ class ComponentKind:
     name: str
     hook: str
     contract: type
-    recipe_key: str | None
+    recipe_keys: tuple[str, ...]
     description: str
     is_name: Callable[[str], bool] = lambda value: True
     options_of: Callable[[Any], Callable[..., Any]] | None = None
@@ -125,11 +181,21 @@ def names_a_template(value: str) -> bool:
 
 
 KINDS: tuple[ComponentKind, ...] = (
-    ComponentKind("chat_template", "register_chat_templates", ChatTemplate, "chat_template",
+    ComponentKind("record_format", "register_record_formats", RecordFormat,
+                  ("data.train[].format", "data.validation[].format"),
+                  "how data records become conversations", lambda value: value != "auto",
+                  options_of=lambda c: c.convert, positional=1),
+    ComponentKind("chat_template", "register_chat_templates", ChatTemplate, ("chat_template",),
                   "Jinja chat templates that render conversations", names_a_template),
-    ComponentKind("masking", "register_masking_strategies", MaskingStrategy, "masking",
+    ComponentKind("masking", "register_masking_strategies", MaskingStrategy, ("masking",),
                   "which messages of a conversation are trained",
                   options_of=lambda c: c.select, positional=1),
-    ComponentKind("objective", "register_objectives", Objective, "objective",
+    ComponentKind("overflow_policy", "register_overflow_policies", OverflowPolicy,
+                  ("data.overflow",), "what happens to conversations longer than max_length",
+                  options_of=lambda c: c.fit, positional=4),
+    ComponentKind("objective", "register_objectives", Objective, ("objective",),
                   "losses per supervised token", options_of=lambda c: c.per_token, positional=3),
+    ComponentKind("metric", "register_metrics", Metric, ("eval.metrics[]",),
+                  "scores of generated answers against references",
+                  options_of=lambda c: c.score, positional=2),
 )

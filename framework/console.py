@@ -130,9 +130,10 @@ def _held_out_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = [("held-out loss", _number(loss_before), _number(loss_after)),
             ("perplexity", _number(s.get("val_perplexity_before", _perplexity(loss_before)), 2),
              _number(s.get("val_perplexity", _perplexity(loss_after)), 2))]
-    if "exact_match" in s or "exact_match_before" in s:
-        rows.append((f"exact match ({s.get('eval_samples', '?')} answers)",
-                     _number(s.get("exact_match_before"), 2), _number(s.get("exact_match"), 2)))
+    for name in s.get("eval_metrics", ["exact_match"]):
+        if name in s or f"{name}_before" in s:
+            rows.append((f"{name.replace('_', ' ')} ({s.get('eval_samples', '?')} answers)",
+                         _number(s.get(f"{name}_before"), 2), _number(s.get(name), 2)))
     return rows
 
 

@@ -45,15 +45,20 @@ __all__ += [k.hook for k in KINDS]
 
 
 @hookspec(firstresult=True)
-def format_example(record: dict[str, Any], source: Any) -> list[dict[str, Any]] | None:
+def format_example(record: dict[str, Any], source: Any, registry: Any
+                   ) -> list[dict[str, Any]] | None:
     """Turn one raw data record into OpenAI-style messages.
 
-    Called by the DataModule for every record of every source before tokenization.
+    Called by the DataModule for every record of every source before tokenization. The
+    built-in implementation (``trylast``) converts with the source's registered
+    :class:`tempering.RecordFormat`; a new format is best added as a RecordFormat, and this
+    hook is for plugins that take over the whole conversion.
 
     Args:
         record: the raw record (already field-mapped by the source's ``fields``).
-        source: the :class:`tempering.recipe.DataSource` the record comes from (its ``format``,
-            ``path``, ``system_prompt``...).
+        source: the :class:`tempering.recipe.DataSource` the record comes from (its ``format``
+            as ``{name, options}``, ``path``, ``system_prompt``...).
+        registry: the run's component registry (record formats by name).
 
     Returns:
         A list of ``{"role", "content"[, "train"]}`` dicts, or None to let the next plugin try.

@@ -30,7 +30,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tempering.plugins.chat_templates",
     "tempering.plugins.masking",
     "tempering.plugins.objectives",
-    "tempering.plugins.formatting",
+    "tempering.plugins.record_formats",
+    "tempering.plugins.overflow",
+    "tempering.plugins.metrics",
     "tempering.plugins.loss",
 )
 

@@ -43,6 +43,13 @@ class _Registry:
 REGISTRY = _Registry()
 
 
+def to_messages(record, fmt="auto", **kwargs):
+    """``tempering.data.records.to_messages`` with the built-in record formats."""
+    from tempering.data.records import to_messages as convert
+
+    return convert(record, fmt, registry=REGISTRY, **kwargs)
+
+
 @pytest.fixture()
 def pm():
     """A fresh plugin manager with the built-in plugins (no entry points)."""

@@ -19,6 +19,7 @@ from tempering.plugin_manager import (
     build_plugin_manager,
     build_registry,
 )
+from tempering.recipe import ComponentConfig
 
 HOOKS = sorted(n for n, f in vars(hookspecs).items()
                if inspect.isfunction(f) and hasattr(f, "tempering_spec"))
@@ -126,6 +127,84 @@ def test_register_masking_strategies():
     msgs = [{"role": "user"}, {"role": "assistant"}, {"role": "user"}, {"role": "assistant"}]
     assert select(msgs) == [False, True, False, False]
     assert {"all_assistant", "last_assistant", "per_message", "all"} <= set(registry.names("masking"))
+
+
+def test_register_record_formats(tmp_path):
+    from tempering.data.sources import BadRecordLog, load_conversations
+    from tempering.recipe import DataSource
+    from tests.conftest import write_jsonl
+
+    mod = _module("qa_format_plugin", """
+        from tempering import RecordFormat, hookimpl
+        def qa(record, answer_key="a"):
+            return [{"role": "user", "content": record["q"]},
+                    {"role": "assistant", "content": record[answer_key]}]
+        @hookimpl
+        def register_record_formats():
+            return [RecordFormat("qa", qa, lambda r: "q" in r, "question/answer pairs")]
+    """)
+    pm = build_plugin_manager([mod], entry_points=False)
+    registry = build_registry(pm)
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"q": "Q?", "a": "A.", "b": "B."}])
+    for fmt, answer in (("qa", "A."), ("auto", "A."), ({"name": "qa", "answer_key": "b"}, "B.")):
+        source = DataSource(path=str(path), format=fmt) if isinstance(fmt, str) else DataSource(
+            path=str(path), format=ComponentConfig(fmt["name"], {"answer_key": "b"}))
+        convs = load_conversations([source], pm.hook.format_example, registry,
+                                   on_bad_record="error", seed=0, log=BadRecordLog())
+        assert convs[0].messages[1] == {"role": "assistant", "content": answer}, fmt
+    assert "qa" in registry.names("record_format")
+
+
+def test_register_overflow_policies(tiny_tokenizer):
+    from tempering.chat.encoding import ConversationEncoder
+    from tempering.data.tokenization import encode_one
+
+    mod = _module("keep_last_plugin", """
+        from tempering import OverflowPolicy, hookimpl
+        def last_turn(encoder, messages, encoded, max_length, keep=2):
+            return encoder.encode(messages[-keep:])
+        @hookimpl
+        def register_overflow_policies():
+            return [OverflowPolicy("last_turn", last_turn)]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+    encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml", registry=registry)
+    long = [{"role": "user", "content": "word " * 40}, {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]
+    row = encode_one(encoder, long, 40, registry.get("overflow_policy", "last_turn"), {"keep": 2})
+    assert row["error_kind"] == "" and row["input_ids"] == encoder.encode(long[-2:]).input_ids
+    dropped = encode_one(encoder, long, 40, registry.get("overflow_policy", "drop"))
+    assert dropped["error_kind"] == "too_long"
+
+
+def test_register_metrics():
+    from tempering.data.sources import Conversation
+    from tempering.generate import GenerationParams
+    from tempering.train.evaluation import evaluate_answers
+
+    mod = _module("contains_plugin", """
+        from tempering import Metric, hookimpl
+        def contains(prediction, reference, ignore_case=False):
+            if ignore_case:
+                prediction, reference = prediction.lower(), reference.lower()
+            return float(reference in prediction)
+        @hookimpl
+        def register_metrics():
+            return [Metric("contains", contains)]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+
+    class Echo:  # a Generator that answers with the user's words
+        def generate(self, prompts, params):
+            return [p[-1]["content"] for p in prompts]
+
+    convs = [Conversation([{"role": "user", "content": u}, {"role": "assistant", "content": a}],
+                          "x") for u, a in (("The answer is 4", "4"), ("FIVE", "five"),
+                                            ("six", "six"))]
+    metrics = [(registry.get("metric", "contains"), {"ignore_case": True}),
+               (registry.get("metric", "exact_match"), {})]
+    got = evaluate_answers(Echo(), convs, metrics, params=GenerationParams(), limit=10)
+    assert got["scores"] == {"contains": 1.0, "exact_match": 1 / 3} and got["samples"] == 3
 
 
 def test_register_objectives():
@@ -241,16 +320,18 @@ def test_format_example():
         from tempering import hookimpl
         @hookimpl
         def format_example(record, source):
-            if source.format != "qa":
+            if source.format.name != "qa":
                 return None
             return [{"role": "user", "content": record["q"]},
                     {"role": "assistant", "content": record["a"]}]
     """)
     pm = build_plugin_manager([mod], entry_points=False)
-    got = pm.hook.format_example(record={"q": "Q?", "a": "A."}, source=DataSource(format="qa"))
+    registry = build_registry(pm)
+    got = pm.hook.format_example(record={"q": "Q?", "a": "A."}, source=DataSource(format="qa"),
+                                 registry=registry)
     assert got == [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]
     builtin = pm.hook.format_example(record={"prompt": "p", "completion": "c"},
-                                     source=DataSource(format="auto"))
+                                     source=DataSource(format="auto"), registry=registry)
     assert builtin[1] == {"role": "assistant", "content": "c"}
 
 

@@ -171,14 +171,16 @@ class ConversationDataModule(pl.LightningDataModule):
 
     def _read(self, sources: list[Any]) -> list[Conversation]:
         d = self.recipe.data
-        return load_conversations(sources, self.pm.hook.format_example,
+        return load_conversations(sources, self.pm.hook.format_example, self.registry,
                                   on_bad_record=d.on_bad_record, seed=self.recipe.train.seed,
                                   log=self.bad_records)
 
     def _tokenize(self, conversations: list[Conversation], desc: str) -> Any:
         d = self.recipe.data
         return tokenize_conversations(
-            conversations, self.encoder, max_length=d.max_length, overflow=d.overflow,
+            conversations, self.encoder, max_length=d.max_length,
+            overflow=self.registry.get("overflow_policy", d.overflow.name),
+            overflow_options=d.overflow.options,
             on_bad_record=d.on_bad_record, log=self.bad_records, num_proc=d.num_proc,
             cache_dir=d.cache_dir, desc=desc)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tempering.data.records import FORMATS, BadRecordError
+from tempering.data.records import BadRecordError
 from tempering.recipe import DataSource, resolve_bundled
 
 __all__ = ["DataError", "SKIP_HINT", "BadRecordLog", "Conversation", "read_source",
@@ -150,10 +150,11 @@ def _weighted(items: list[Conversation], weight: float, rng: random.Random) -> l
 
 
 def load_conversations(
-    sources: list[DataSource], format_example: Any, *, on_bad_record: str, seed: int,
-    log: BadRecordLog,
+    sources: list[DataSource], format_example: Any, registry: Any, *, on_bad_record: str,
+    seed: int, log: BadRecordLog,
 ) -> list[Conversation]:
-    """Read and format every source (the ``format_example`` hook) into conversations.
+    """Read and format every source (the ``format_example`` hook, with the run's registry of
+    record formats) into conversations.
 
     Bad records raise :class:`DataError` (``on_bad_record: error``) or are counted in ``log``.
     """
@@ -167,11 +168,10 @@ def load_conversations(
             try:
                 if isinstance(record, BadRecordError):
                     raise record
-                messages = format_example(record=record, source=source)
+                messages = format_example(record=record, source=source, registry=registry)
                 if messages is None:
-                    raise DataError(
-                        f"data source {source.path!r}: no format_example plugin handles format "
-                        f"{source.format!r}; built-in formats: {', '.join(FORMATS)}")
+                    raise DataError(f"data source {source.path!r}: no format_example plugin "
+                                    f"converted a record of format {source.format.name!r}")
             except BadRecordError as exc:
                 if on_bad_record == "error":
                     raise DataError(f"{_where(origin, exc)}: {exc} {SKIP_HINT}") from None

@@ -10,6 +10,7 @@ from typing import Any
 import tempering
 from tempering.chat.encoding import ENCODER_FORMAT, ConversationEncoder
 from tempering.chat.templates import TemplateError
+from tempering.data.records import BadRecordError
 from tempering.data.sources import SKIP_HINT, BadRecordLog, Conversation, DataError
 
 __all__ = ["encode_one", "tokenize_conversations"]
@@ -19,19 +20,23 @@ _COLUMNS = ("input_ids", "labels", "length", "num_supervised", "stop_ids", "unte
 
 
 def encode_one(encoder: ConversationEncoder, messages: list[dict[str, Any]], max_length: int,
-               overflow: str) -> dict[str, Any]:
-    """Encode one conversation applying the overflow policy; errors become ``error_kind``."""
+               overflow: Any, overflow_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Encode one conversation applying the overflow policy (a :class:`tempering.OverflowPolicy`);
+    errors become ``error_kind``."""
     try:
         enc = encoder.encode(messages)
         if len(enc.input_ids) > max_length:
-            if overflow == "drop":
+            fitted = overflow.fit(encoder, messages, enc, max_length, **(overflow_options or {}))
+            if fitted is None:
                 return _bad("too_long", f"{len(enc.input_ids)} tokens > max_length {max_length}")
-            enc = _leading_turns(encoder, messages, max_length)
-            if enc is None:
-                return _bad("no_supervised_tokens", "no leading whole turn fits in max_length "
-                            f"{max_length}")
+            if len(fitted.input_ids) > max_length:
+                raise RuntimeError(f"overflow policy {overflow.name!r} returned "
+                                 f"{len(fitted.input_ids)} tokens for max_length {max_length}")
+            enc = fitted
         if enc.num_supervised == 0:
             return _bad("no_supervised_tokens", "no token is trained")
+    except BadRecordError as exc:
+        return _bad(exc.kind, str(exc))
     except TemplateError as exc:
         return _bad(getattr(exc, "kind", "template_error"), str(exc))
     except ValueError as exc:
@@ -46,35 +51,18 @@ def _bad(kind: str, message: str) -> dict[str, Any]:
             "unterminated": 0, "error_kind": kind, "error": message}
 
 
-def _leading_turns(encoder: ConversationEncoder, messages: list[dict[str, Any]],
-                   max_length: int) -> Any:
-    """The longest proper prefix ending after an assistant turn that fits and trains something.
-
-    The whole conversation did not fit; it may end with any role (a trailing user turn too).
-    """
-    ends = [j + 1 for j, m in enumerate(messages) if m["role"] == "assistant"][::-1]
-    for end in [e for e in ends if e < len(messages)]:
-        try:
-            enc = encoder.encode(messages[:end])
-        except ValueError:  # the strategy selects nothing in this prefix
-            continue
-        if len(enc.input_ids) <= max_length and enc.num_supervised > 0:
-            return enc
-    return None
-
-
 def _encode_batch(batch: dict[str, list], encoder: ConversationEncoder, max_length: int,
-                  overflow: str) -> dict[str, list]:
+                  overflow: Any, overflow_options: dict[str, Any]) -> dict[str, list]:
     out: dict[str, list] = {c: [] for c in _COLUMNS}
     for messages in batch["messages"]:
-        row = encode_one(encoder, json.loads(messages), max_length, overflow)
+        row = encode_one(encoder, json.loads(messages), max_length, overflow, overflow_options)
         for c in _COLUMNS:
             out[c].append(row[c])
     return out
 
 
 def _fingerprint(encoder: ConversationEncoder, conversations: list[Conversation],
-                 max_length: int, overflow: str) -> str:
+                 max_length: int, overflow: list[Any]) -> str:
     h = hashlib.sha256()
     tok = encoder.tokenizer
     h.update(tok.backend_tokenizer.to_str().encode() if hasattr(tok, "backend_tokenizer") else b"")
@@ -92,8 +80,8 @@ def _fingerprint(encoder: ConversationEncoder, conversations: list[Conversation]
 
 def tokenize_conversations(
     conversations: list[Conversation], encoder: ConversationEncoder, *, max_length: int,
-    overflow: str, on_bad_record: str, log: BadRecordLog, num_proc: int = 1,
-    cache_dir: str | None = None, desc: str = "Tokenizing",
+    overflow: Any, on_bad_record: str, log: BadRecordLog, num_proc: int = 1,
+    cache_dir: str | None = None, desc: str = "Tokenizing", overflow_options: dict[str, Any] | None = None,
 ) -> Any:
     """Tokenize into a ``datasets.Dataset`` (input_ids, labels, length, num_supervised).
 
@@ -102,7 +90,8 @@ def tokenize_conversations(
     """
     import datasets
 
-    fingerprint = _fingerprint(encoder, conversations, max_length, overflow)
+    options = dict(overflow_options or {})
+    fingerprint = _fingerprint(encoder, conversations, max_length, [overflow.name, options])
     raw = datasets.Dataset.from_dict({
         # JSON text, not Arrow structs: nested fields (tool-call arguments) of different shapes
         # would otherwise be merged into one schema and padded with nulls.
@@ -112,7 +101,8 @@ def tokenize_conversations(
     cache.mkdir(parents=True, exist_ok=True)
     encoded = raw.map(
         _encode_batch, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
-        fn_kwargs={"encoder": encoder, "max_length": max_length, "overflow": overflow},
+        fn_kwargs={"encoder": encoder, "max_length": max_length, "overflow": overflow,
+                   "overflow_options": options},
         remove_columns=["messages"], new_fingerprint=fingerprint,
         cache_file_name=str(cache / f"{fingerprint}.arrow"), desc=desc,
     )

@@ -29,7 +29,7 @@ __all__ = [
     "Recipe", "RecipeError", "DataSource", "DataConfig", "ModelConfig", "ComponentConfig",
     "OptimConfig", "TrainConfig", "EvalConfig", "WandbConfig",
     "bundled_recipes", "find_recipe", "load_recipe", "parse_overrides", "resolve_bundled",
-    "validate_components", "check_locations", "to_dict",
+    "validate_components", "picks", "check_locations", "to_dict",
 ]
 
 BUNDLED_PREFIX = "bundled:"
@@ -84,8 +84,20 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return parsed
 
 
-_COMPONENT_KEYS = {f.name for f in dataclasses.fields(Recipe)
-                   if f.type in (ComponentConfig, "ComponentConfig")}
+def _component_keys() -> set[str]:
+    """Recipe keys that pick a component: ``masking: x`` with ``masking.n=3`` becomes
+    ``{name: x, n: 3}``."""
+    from tempering.components import KINDS
+
+    return {key for kind in KINDS for key in kind.recipe_keys}
+
+
+def _key_pattern(parts: list[str]) -> str:
+    """``data.train.0.format`` -> ``data.train[].format`` (the form KINDS gives keys in)."""
+    out = ""
+    for part in parts:
+        out += "[]" if part.isdigit() else f".{part}" if out else part
+    return out
 
 
 def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -108,7 +120,7 @@ def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
             else:
                 if node.get(part) is None:
                     node[part] = {}
-                elif depth == 0 and part in _COMPONENT_KEYS and isinstance(node[part], str):
+                elif isinstance(node[part], str) and _key_pattern(parts[:depth + 1]) in _component_keys():
                     node[part] = {"name": node[part]}  # `masking: x` + `masking.n=3`
                 node = node[part]
         else:
@@ -159,6 +171,9 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     if cls is ComponentConfig:  # `objective: {name: soft_kl, temperature: 2}` -> options
+        if not isinstance(raw.get("name"), str) or not raw["name"]:
+            raise RecipeError(f"{where}.name: missing (a registered name, or a mapping with "
+                              "`name` and options)")
         raw = dict(raw)
         options = dict(raw.pop("options", None) or {})
         options.update({k: raw.pop(k) for k in list(raw) if k != "name"})
@@ -283,28 +298,41 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None
     return recipe
 
 
+def picks(recipe: Any, dotted: str) -> list[tuple[str, ComponentConfig]]:
+    """The component configs at a KINDS recipe key (``data.train[].format``), each with its
+    key path (``data.train[1].format``)."""
+    found: list[tuple[str, Any]] = [("", recipe)]
+    for part in dotted.split("."):
+        each, part = part.endswith("[]"), part.removesuffix("[]")
+        found = [(f"{where}.{part}" if where else part, getattr(node, part))
+                 for where, node in found]
+        if each:
+            found = [(f"{where}[{i}]", item) for where, items in found
+                     for i, item in enumerate(items)]
+    return found
+
+
 def validate_components(recipe: Recipe, registry: Any) -> None:
-    """Every component the recipe names is registered and takes the options given (kinds from
-    the KINDS table); errors name the key path and the closest valid names."""
+    """Every component the recipe names is registered and takes the options given (kinds and
+    their keys from the KINDS table); errors name the key path and the closest valid names."""
     from tempering.components import KINDS
     from tempering.plugin_manager import ComponentError
 
     for kind in KINDS:
-        if kind.recipe_key is None:
-            continue
-        picked: ComponentConfig = getattr(recipe, kind.recipe_key)
-        if not kind.is_name(picked.name):
-            continue
-        try:
-            component = registry.get(kind.name, picked.name)
-        except ComponentError as exc:
-            raise RecipeError(f"{kind.recipe_key}: {exc}") from None
-        accepted = kind.option_names(component)
-        for option in picked.options:
-            if accepted is not None and option not in accepted:
-                takes = closest(option, accepted) if accepted else "; it takes no options"
-                raise RecipeError(f"{kind.recipe_key}.{option}: not an option of {kind.name} "
-                                  f"{picked.name!r}{takes}")
+        for key in kind.recipe_keys:
+            for where, picked in picks(recipe, key):
+                if not kind.is_name(picked.name):
+                    continue
+                try:
+                    component = registry.get(kind.name, picked.name)
+                except ComponentError as exc:
+                    raise RecipeError(f"{where}: {exc}") from None
+                accepted = kind.option_names(component)
+                for option in picked.options:
+                    if accepted is not None and option not in accepted:
+                        takes = closest(option, accepted) if accepted else "; it takes no options"
+                        raise RecipeError(f"{where}.{option}: not an option of {kind.name} "
+                                          f"{picked.name!r}{takes}")
 
 
 def to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,33 @@ def doc(text: str, default: Any = None, *, choices: tuple[str, ...] = (), factor
 
 
 @dataclass
+class ComponentConfig:
+    """A component picked by name, with options: ``masking: last_assistant`` or
+    ``objective: {name: cross_entropy, label_smoothing: 0.1}`` (keys beside ``name`` are options)."""
+
+    name: str = doc("Registered component name.", "")
+    options: dict[str, Any] = doc("Keyword options for the component.", factory=dict)
+
+
+def component(name: str, text: str) -> Any:
+    return doc(text, factory=lambda: ComponentConfig(name))
+
+
+class _NamesComponents:
+    """Code may build configs with plain names (``DataSource(format="alpaca")``), as recipes
+    write them: each component field becomes a :class:`ComponentConfig`."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, str) and f.type in ("ComponentConfig", ComponentConfig):
+                setattr(self, f.name, ComponentConfig(value))
+            elif isinstance(value, list) and f.type == "list[ComponentConfig]":
+                setattr(self, f.name, [ComponentConfig(v) if isinstance(v, str) else v
+                                       for v in value])
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = doc("Hub id, local directory, or `bundled:tiny-llama`.", "bundled:tiny-llama")
     tokenizer: str | None = doc("Tokenizer location when it differs from the model's.")
@@ -34,10 +62,11 @@ class ModelConfig:
 
 
 @dataclass
-class DataSource:
+class DataSource(_NamesComponents):
     path: str = doc("JSON/JSONL file, a directory of them, `bundled:data/...`, or a datasets hub id.", "")
-    format: str = doc("Record format: auto, alpaca, prompt_completion, messages, sharegpt, or one a "
-                      "format_example plugin handles.", "auto")
+    format: ComponentConfig = component(
+        "auto", "Registered record format (alpaca, prompt_completion, messages, sharegpt, or a "
+        "plugin's), or `auto` to tell it from each record's keys; options go to its `convert`.")
     fields: dict[str, str] = doc("Map canonical field names to this source's keys, e.g. "
                                  "{instruction: question, output: answer}.", factory=dict)
     weight: float = doc("Sampling weight relative to other sources (1.0 = each record once).", 1.0)
@@ -48,14 +77,15 @@ class DataSource:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_NamesComponents):
     train: list[DataSource] = doc("Training sources.", factory=list)
     validation: list[DataSource] = doc("Validation sources; empty = hold out `val_fraction`.",
                                        factory=list)
     val_fraction: float = doc("Fraction of training conversations held out for validation.", 0.0)
     max_length: int = doc("Maximum tokens per conversation.", 2048, minimum=1)
-    overflow: str = doc("Longer conversations: `drop` (counted) or `truncate_turns` (keep the "
-                        "leading whole turns that fit).", "drop", choices=("drop", "truncate_turns"))
+    overflow: ComponentConfig = component(
+        "drop", "Registered overflow policy for longer conversations: `drop` (counted) or "
+        "`truncate_turns` (keep the leading whole turns that fit); options go to its `fit`.")
     packing: bool = doc("Pack conversations into rows of `max_length` tokens (best-fit decreasing).",
                         True)
     group_by_length: bool = doc("Without packing, batch conversations of similar length.", True)
@@ -64,19 +94,6 @@ class DataConfig:
                              "error", choices=("error", "skip"))
     num_proc: int = doc("Processes for tokenization (datasets.map).", 1, minimum=1)
     cache_dir: str | None = doc("Where tokenized data is cached (default: datasets' cache).")
-
-
-@dataclass
-class ComponentConfig:
-    """A component picked by name, with options: ``masking: last_assistant`` or
-    ``objective: {name: cross_entropy, label_smoothing: 0.1}`` (keys beside ``name`` are options)."""
-
-    name: str = doc("Registered component name.", "")
-    options: dict[str, Any] = doc("Keyword options for the component.", factory=dict)
-
-
-def component(name: str, text: str) -> Any:
-    return doc(text, factory=lambda: ComponentConfig(name))
 
 
 @dataclass
@@ -116,9 +133,13 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    generate_samples: int = doc("Held-out conversations answered greedily after training; "
-                                "exact match against the reference is reported.", 0, minimum=0)
+class EvalConfig(_NamesComponents):
+    generate_samples: int = doc("Held-out conversations answered greedily after training and "
+                                "scored with `metrics` against the reference.", 0, minimum=0)
+    metrics: list[ComponentConfig] = doc(
+        "Registered metrics of the generated answers (each a name or {name, options}); the "
+        "summary reports each as `<name>` and `<name>_before`.",
+        factory=lambda: [ComponentConfig("exact_match")])
     max_new_tokens: int = doc("Generation budget per answer.", 64, minimum=1)
     before_training: bool = doc("Also measure before training, for comparison.", True)
 
@@ -136,7 +157,7 @@ class WandbConfig:
 
 
 @dataclass
-class Recipe:
+class Recipe(_NamesComponents):
     name: str = doc("Run name.", "run")
     plugins: list[str] = doc("Extra plugin modules to register (`pkg.module`).", factory=list)
     model: ModelConfig = doc("Model and tokenizer.", factory=ModelConfig)

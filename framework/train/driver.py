@@ -19,7 +19,6 @@ from tempering.recipe import Recipe, RecipeError, check_locations, validate_comp
 from tempering.run_dir import prepare_run_dir
 from tempering.tracking import finish_tracking, log_run_end, log_run_start, make_logger
 from tempering.train.checkpoints import GracefulStop, LastCheckpoint, RunInterrupted
-from tempering.train.evaluation import exact_match
 from tempering.train.module import SFTModule
 
 __all__ = ["run_recipe", "trainer_arguments", "build_strategy"]
@@ -113,12 +112,26 @@ def _resume_path(recipe: Recipe, output_dir: Path) -> str | None:
     return where
 
 
-def _evaluate(module: SFTModule, dm: ConversationDataModule, recipe: Recipe, tokenizer: Any) -> Any:
+def _evaluate(module: SFTModule, dm: ConversationDataModule, recipe: Recipe, tokenizer: Any,
+              registry: Any) -> Any:
+    """Held-out answers from the model as it is now, scored by the recipe's metrics."""
+    from tempering.generate import GenerationParams, HFGenerator
+    from tempering.generate.hf import stop_token_ids
+    from tempering.train.evaluation import evaluate_answers
+
     if recipe.eval.generate_samples <= 0 or not dm.val_conversations:
         return None
-    return exact_match(module.model, tokenizer, dm.encoder, dm.val_conversations,
-                       max_new_tokens=recipe.eval.max_new_tokens,
-                       limit=recipe.eval.generate_samples)
+    sample = next((c.messages for c in dm.val_conversations
+                   if c.messages[-1]["role"] == "assistant"), None)
+    if sample is None:
+        return None
+    stops = stop_token_ids(tokenizer, module.model, dm.encoder, sample)
+    generator = HFGenerator(module.model, tokenizer, dm.encoder, stops,
+                            progress="Generating held-out answers")
+    metrics = [(registry.get("metric", m.name), m.options) for m in recipe.eval.metrics]
+    return evaluate_answers(generator, dm.val_conversations, metrics,
+                            params=GenerationParams(max_new_tokens=recipe.eval.max_new_tokens),
+                            limit=recipe.eval.generate_samples)
 
 
 def _gathered_state_dict(trainer: pl.Trainer) -> dict[str, Any] | None:
@@ -164,27 +177,27 @@ def _set_stop_tokens(model: Any, tokenizer: Any, dm: ConversationDataModule) -> 
     model.generation_config.eos_token_id = [int(i) for i in ids]
 
 
-def _measure_before(trainer: pl.Trainer, module: SFTModule, dm: ConversationDataModule, recipe: Recipe,
-                    tokenizer: Any, summary: dict[str, Any]) -> None:
+def _measure_before(trainer: pl.Trainer, module: SFTModule, dm: ConversationDataModule,
+                    recipe: Recipe, tokenizer: Any, registry: Any, summary: dict[str, Any]) -> None:
     """Validation loss and exact match of the untrained model, for comparison."""
     if dm.val_data is not None:
         metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
         summary["val_loss_before"] = metrics["val/loss"]
         summary["val_perplexity_before"] = metrics["val/perplexity"]
-    before = _evaluate(module, dm, recipe, tokenizer)
+    before = _evaluate(module, dm, recipe, tokenizer, registry)
     if before:
-        summary["exact_match_before"] = before["exact_match"]
+        summary.update({f"{name}_before": v for name, v in before["scores"].items()})
 
 
 def _finish(trainer: pl.Trainer, module: SFTModule, dm: ConversationDataModule, recipe: Recipe,
-            tokenizer: Any, logger: Any, summary: dict[str, Any], output_dir: Path,
-            gathered: dict[str, Any] | None) -> None:
+            tokenizer: Any, registry: Any, logger: Any, summary: dict[str, Any],
+            output_dir: Path, gathered: dict[str, Any] | None) -> None:
     """Rank 0 after training: held-out generation, final model, summary file and W&B."""
     if trainer.world_size == 1:  # generation needs the whole model on one process
-        after = _evaluate(module, dm, recipe, tokenizer)
+        after = _evaluate(module, dm, recipe, tokenizer, registry)
         if after:
-            summary.update(exact_match=after["exact_match"], eval_samples=after["samples"],
-                           eval_examples=after["examples"])
+            summary.update(after["scores"], eval_metrics=list(after["scores"]),
+                           eval_samples=after["samples"], eval_examples=after["examples"])
     elif recipe.eval.generate_samples > 0:
         summary["eval_skipped"] = "generation eval runs in single-process runs only"
     final = (_save_final(module, tokenizer, dm, output_dir, gathered)
@@ -261,7 +274,7 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     if trainer.is_global_zero:
         log_run_start(logger, recipe, dm, tokenizer)
     if recipe.eval.before_training and trainer.world_size == 1 and not recipe.train.resume_from:
-        _measure_before(trainer, module, dm, recipe, tokenizer, summary)
+        _measure_before(trainer, module, dm, recipe, tokenizer, registry, summary)
     ckpt = _resume_path(recipe, output_dir)
     if ckpt and trainer.is_global_zero:
         print(f"tempering: resuming from {ckpt}", file=sys.stderr)
@@ -279,5 +292,6 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     summary.update(metrics)
     gathered = _gathered_state_dict(trainer) if recipe.train.save_final else None  # all ranks
     if trainer.is_global_zero:
-        _finish(trainer, module, dm, recipe, tokenizer, logger, summary, output_dir, gathered)
+        _finish(trainer, module, dm, recipe, tokenizer, registry, logger, summary, output_dir,
+                gathered)
     return summary

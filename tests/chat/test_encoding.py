@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from tempering.chat.encoding import IGNORE_INDEX, UnrenderedFieldError, encode_conversation
-from tempering.data.records import to_messages
-from tests.conftest import REGISTRY, TINY, template_markers, trained_texts
+from tests.conftest import REGISTRY, TINY, template_markers, to_messages, trained_texts
 
 TEMPLATES = Path(__file__).resolve().parents[3] / "shared" / "data" / "chat_templates"
 
@@ -234,7 +233,7 @@ def test_tool_calls_survive_tokenization_with_differently_shaped_arguments(share
         Conversation([_user("Sum?"), _assistant("", tool_calls=[other])], "a:2"),
     ]
     encoder = ConversationEncoder(tok, chat_template=jinja, registry=REGISTRY)
-    data = tokenize_conversations(conversations, encoder, max_length=512, overflow="drop",
+    data = tokenize_conversations(conversations, encoder, max_length=512, overflow=REGISTRY.get("overflow_policy", "drop"),
                                   on_bad_record="error", log=BadRecordLog(),
                                   cache_dir=str(tmp_path))
     texts = [tok.decode(ids) for ids in data["input_ids"]]
@@ -253,7 +252,7 @@ def test_unrendered_tool_calls_are_counted_when_skipping(tiny_tokenizer, tmp_pat
                      Conversation([_user("Hi"), _assistant("Hello")], "f:2")]
     data = tokenize_conversations(conversations, ConversationEncoder(tiny_tokenizer,
                                                                      chat_template="chatml", registry=REGISTRY),
-                                  max_length=512, overflow="drop", on_bad_record="skip", log=log,
+                                  max_length=512, overflow=REGISTRY.get("overflow_policy", "drop"), on_bad_record="skip", log=log,
                                   cache_dir=str(tmp_path))
     assert len(data) == 1 and dict(log.counts) == {"tool_calls_not_rendered": 1}
 
@@ -344,7 +343,7 @@ def test_held_out_generation_stops_at_the_trained_end_of_turn(tiny_tokenizer) ->
     from types import SimpleNamespace
 
     from tempering.chat.encoding import ConversationEncoder
-    from tempering.train.evaluation import stop_token_ids
+    from tempering.generate.hf import stop_token_ids
 
     encoder = ConversationEncoder(tiny_tokenizer, chat_template="llama3", registry=REGISTRY)
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None))

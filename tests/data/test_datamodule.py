@@ -17,8 +17,8 @@ from tests.conftest import REGISTRY, write_jsonl
 def _load(sources, **kw):
     pm = build_plugin_manager(entry_points=False)
     log = BadRecordLog()
-    convs = load_conversations(sources, pm.hook.format_example, on_bad_record="error", seed=0,
-                               log=log, **kw)
+    convs = load_conversations(sources, pm.hook.format_example, REGISTRY, on_bad_record="error",
+                               seed=0, log=log, **kw)
     return convs, log
 
 
@@ -63,11 +63,17 @@ def test_a_saved_datasets_directory(tmp_path):
 
 
 def test_an_unknown_format_without_a_plugin_is_a_clear_error(tmp_path):
-    from tempering.data.sources import DataError
+    from tempering.plugin_manager import ComponentError
+    from tempering.recipe import RecipeError, load_recipe, validate_components
 
     path = write_jsonl(tmp_path / "x.jsonl", [{"q": "Q"}])
-    with pytest.raises(DataError, match="no format_example plugin handles format 'qa'"):
+    with pytest.raises(ComponentError, match="unknown record_format 'qa'"):
         _load([DataSource(path=str(path), format="qa")])
+    recipe = load_recipe({"data": {"train": [{"path": str(path)}, {"path": str(path),
+                                                                   "format": "alpacca"}]}})
+    with pytest.raises(RecipeError, match=r"^data\.train\[1\]\.format: unknown record_format "
+                                          r"'alpacca'; did you mean 'alpaca'\?"):
+        validate_components(recipe, REGISTRY)
 
 
 def test_tokenization_is_cached_by_fingerprint(tmp_path, tiny_tokenizer, monkeypatch):
@@ -76,7 +82,7 @@ def test_tokenization_is_cached_by_fingerprint(tmp_path, tiny_tokenizer, monkeyp
     path = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "p", "completion": "c"}] * 4)
     convs, log = _load([DataSource(path=str(path))])
     encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml", registry=REGISTRY)
-    kw = dict(max_length=64, overflow="drop", on_bad_record="error", log=log,
+    kw = dict(max_length=64, overflow=REGISTRY.get("overflow_policy", "drop"), on_bad_record="error", log=log,
               cache_dir=str(tmp_path / "cache"))
     first = tokenize_conversations(convs, encoder, **kw)
     assert list((tmp_path / "cache" / "tempering").glob("*.arrow"))

@@ -10,8 +10,8 @@ import pytest
 
 from tempering.chat.encoding import IGNORE_INDEX, encode_conversation
 from tempering.chat.templates import TemplateError
-from tempering.data.records import BadRecordError, detect_format, to_messages, validate
-from tests.conftest import REGISTRY, trained_texts
+from tempering.data.records import BadRecordError, detect_format, validate
+from tests.conftest import REGISTRY, to_messages, trained_texts
 
 # -- readers ----------------------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ def test_sharegpt_fastchat_records(shared_data: Path) -> None:
     ],
 )
 def test_detect_format(record: dict[str, Any], fmt: str) -> None:
-    assert detect_format(record) == fmt
+    assert detect_format(record, REGISTRY) == fmt
 
 
 def test_auto_detection_reads_each_format() -> None:
@@ -130,7 +130,7 @@ def test_undetectable_record(record: dict[str, Any]) -> None:
 
 
 def test_unknown_format_name() -> None:
-    with pytest.raises(ValueError, match="unknown data format 'jsonl'") as err:
+    with pytest.raises(ValueError, match="unknown record_format 'jsonl'") as err:
         to_messages({"prompt": "Q", "completion": "A"}, "jsonl")
     assert not isinstance(err.value, BadRecordError)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tempering.data.sources import BadRecordLog, Conversation, DataError, load_conversations
-from tempering.plugins.formatting import format_example
+from tempering.plugins.record_formats import format_example
 from tempering.recipe import DataSource
 from tests.conftest import REGISTRY
 
@@ -22,7 +22,7 @@ def _record(answer: str) -> dict:
 def _read(path: Path, on_bad_record: str = "error") -> tuple[list[Conversation], BadRecordLog]:
     log = BadRecordLog()
     conversations = load_conversations([DataSource(path=str(path))],
-                                       lambda record, source: format_example(record, source),
+                                       format_example, REGISTRY,
                                        on_bad_record=on_bad_record, seed=0, log=log)
     return conversations, log
 
@@ -83,10 +83,10 @@ def test_errors_name_the_file_read_even_from_the_cache(tiny_tokenizer, tmp_path)
     for path in (a, b):  # the second tokenization is read from the cache the first wrote
         conversations = _read(path)[0]
         with pytest.raises(DataError, match=rf"^{path}:2: "):
-            tokenize_conversations(conversations, encoder, max_length=64, overflow="drop",
+            tokenize_conversations(conversations, encoder, max_length=64, overflow=REGISTRY.get("overflow_policy", "drop"),
                                    on_bad_record="error", log=BadRecordLog(),
                                    cache_dir=str(tmp_path / "cache"))
-    data = tokenize_conversations(_read(b)[0][:1], encoder, max_length=64, overflow="drop",
+    data = tokenize_conversations(_read(b)[0][:1], encoder, max_length=64, overflow=REGISTRY.get("overflow_policy", "drop"),
                                   on_bad_record="error", log=BadRecordLog(),
                                   cache_dir=str(tmp_path / "cache"))
     assert data["origin"] == [f"{b}:1"]

@@ -210,7 +210,7 @@ def test_alpaca_system_replaces_preamble_and_turns_repeat(registry, s_tokenizer)
 
 
 def test_alpaca_on_a_real_alpaca_record(registry, s_tokenizer, shared_data: Path) -> None:
-    from tempering.data.records import to_messages
+    from tests.conftest import to_messages
 
     records = json.loads((shared_data / "alpaca_5000.json").read_text(encoding="utf-8"))
     record = next(r for r in records if not r.get("input", "").strip())

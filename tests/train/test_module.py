@@ -206,7 +206,7 @@ def test_truncate_turns_keeps_a_conversation_that_ends_with_a_user_turn(tiny_tok
     encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml", registry=REGISTRY)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
                 {"role": "user", "content": "tell me more " * 40}]
-    row = encode_one(encoder, messages, 64, "truncate_turns")
+    row = encode_one(encoder, messages, 64, REGISTRY.get("overflow_policy", "truncate_turns"))
     assert row["error_kind"] == "", row["error"]
     assert row["length"] <= 64 and row["num_supervised"] > 0
     trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True)
