@@ -132,7 +132,6 @@ def _markers_ok(encoder: Any, allowed: bool) -> bool:
 def _cmd_preview(args: argparse.Namespace) -> int:
     from tempering.data.datamodule import recipe_encoder
     from tempering.data.sources import BadRecordLog, load_conversations
-    from tempering.models import load_tokenizer
     from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.recipe import check_locations, load_recipe
 
@@ -144,7 +143,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     check_locations(recipe)
     pm = build_plugin_manager(recipe.plugins)
     registry = build_registry(pm)
-    tokenizer = load_tokenizer(recipe.model)
+    tokenizer = pm.hook.load_tokenizer(config=recipe.model)
     encoder = recipe_encoder(recipe, tokenizer, registry)
     sources = recipe.data.train
     for s in sources:  # read no more than needed

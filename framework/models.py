@@ -11,7 +11,7 @@ import torch
 
 from tempering.recipe import ModelConfig, RecipeError, resolve_bundled
 
-__all__ = ["load_tokenizer", "load_model", "has_weights", "loading"]
+__all__ = ["load_fast_tokenizer", "load_causal_lm", "load_model_config", "has_weights", "loading"]
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
@@ -35,23 +35,33 @@ def loading(key: str, location: str) -> Iterator[None]:
         raise RecipeError(f"{key}: cannot load {location!r}: {problem}") from exc
 
 
-def load_tokenizer(cfg: ModelConfig) -> Any:
+def load_fast_tokenizer(cfg: ModelConfig, key: str = "model") -> Any:
     """The recipe's fast tokenizer; a pad token falls back to EOS only when none is defined."""
     from transformers import AutoTokenizer
 
     location = resolve_bundled(cfg.tokenizer or cfg.name_or_path)
-    key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
-    with loading(key, location):
+    where = f"{key}.tokenizer" if cfg.tokenizer else f"{key}.name_or_path"
+    with loading(where, location):
         tokenizer = AutoTokenizer.from_pretrained(
             location, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
             use_fast=True)
     if not tokenizer.is_fast:
-        raise RecipeError(f"model.tokenizer: {location} has no fast tokenizer; exact masks need "
+        raise RecipeError(f"{where}: {location} has no fast tokenizer; exact masks need "
                           "character offsets")
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, seed: int) -> Any:
+def load_model_config(cfg: ModelConfig, key: str = "model") -> Any:
+    """The model's ``transformers`` config (no weights)."""
+    from transformers import AutoConfig
+
+    location = resolve_bundled(cfg.name_or_path)
+    with loading(f"{key}.name_or_path", location):
+        return AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code,
+                                          revision=cfg.revision)
+
+
+def load_causal_lm(cfg: ModelConfig, seed: int, key: str = "model") -> Any:
     """``AutoModelForCausalLM`` from weights (``init: pretrained``) or from its config."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -61,7 +71,7 @@ def load_model(cfg: ModelConfig, seed: int) -> Any:
     if cfg.attn_implementation:
         common["attn_implementation"] = cfg.attn_implementation
     if cfg.init == "random":
-        with loading("model.name_or_path", location):
+        with loading(f"{key}.name_or_path", location):
             config = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code,
                                                 revision=cfg.revision)
         torch.manual_seed(seed)
@@ -72,9 +82,9 @@ def load_model(cfg: ModelConfig, seed: int) -> Any:
     else:
         if not has_weights(location):
             raise RecipeError(
-                f"model.name_or_path: {cfg.name_or_path} has a config but no weights; set "
-                "model.init: random to train it from scratch")
-        with loading("model.name_or_path", location):
+                f"{key}.name_or_path: {cfg.name_or_path} has a config but no weights; set "
+                f"{key}.init: random to train it from scratch")
+        with loading(f"{key}.name_or_path", location):
             model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **common)
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24's name

@@ -1,4 +1,10 @@
-"""Built-in ``compute_loss``: the recipe's objective at supervised positions, chunked."""
+"""Built-in ``compute_loss``: the recipe's objective at supervised positions, chunked.
+
+Hidden states are gathered only where the next token is trained and projected to the
+vocabulary a chunk at a time (the full ``[b, s, v]`` logits are never built). With a teacher the
+teacher's hidden states are gathered at the same positions and projected in the same chunks.
+In validation the plain NLL (for perplexity) comes from the same logits as the objective.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,63 @@ from typing import TYPE_CHECKING, Any
 from tempering import hookimpl
 
 if TYPE_CHECKING:  # torch loads when a loss is computed, not when plugins are listed
-    from tempering import LossOutput
+    import torch
+
+    from tempering import Batch, LossContext, LossOutput
 
 __all__ = ["compute_loss"]
 
 
-@hookimpl(trylast=True)
-def compute_loss(module: Any, batch: dict[str, Any]) -> LossOutput:
-    from tempering import supervised_loss
+def _teacher_hidden(context: LossContext, batch: Batch, mask: torch.Tensor) -> Any:
+    import torch
 
-    return supervised_loss(module, batch)
+    from tempering import forward_hidden
+
+    if not context.objective.needs_teacher:
+        return None
+    with torch.no_grad():
+        return forward_hidden(context.teacher, batch)[:, :-1][mask]
+
+
+def _eval_sums(context: LossContext, hidden: torch.Tensor, targets: torch.Tensor,
+               teacher_hidden: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Objective sum and plain NLL sum from the same logits, chunk by chunk (no gradients)."""
+    import torch
+
+    from tempering import project_logits, token_nll
+
+    loss = hidden.new_zeros((), dtype=torch.float32)
+    nll = hidden.new_zeros((), dtype=torch.float32)
+    step = context.chunk_size if context.chunk_size > 0 else max(1, hidden.shape[0])
+    for i in range(0, hidden.shape[0], step):
+        logits = project_logits(context.model, hidden[i:i + step])  # [c, v]
+        teacher = (None if teacher_hidden is None
+                   else project_logits(context.teacher, teacher_hidden[i:i + step]))
+        part = targets[i:i + step]
+        loss = loss + context.objective.per_token(logits, part, teacher, **context.options).sum()
+        nll = nll + token_nll(logits, part).sum()
+    return loss, nll
+
+
+@hookimpl(trylast=True)
+def compute_loss(context: LossContext, batch: Batch) -> LossOutput:
+    import torch
+
+    from tempering import (
+        LossOutput,
+        chunked_per_token,
+        forward_hidden,
+        supervised_positions,
+    )
+
+    mask, targets = supervised_positions(batch)
+    hidden = forward_hidden(context.model, batch)[:, :-1][mask]  # [n, d]
+    teacher_hidden = _teacher_hidden(context, batch, mask)
+    if not torch.is_grad_enabled():  # validation: the plain NLL comes from the same logits
+        loss, nll = _eval_sums(context, hidden, targets, teacher_hidden)
+        return LossOutput(loss, int(targets.numel()), nll_sum=nll)
+    per_token = chunked_per_token(
+        context.model, context.objective.per_token, hidden, targets,
+        chunk_size=context.chunk_size, options=context.options, teacher=context.teacher,
+        teacher_hidden=teacher_hidden)
+    return LossOutput(per_token.sum(), int(targets.numel()))

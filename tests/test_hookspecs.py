@@ -348,7 +348,7 @@ def test_compute_loss(tiny_tokenizer):
     mod = _module("loss_wrapper", """
         from tempering import hookimpl
         @hookimpl(wrapper=True)
-        def compute_loss(module, batch):
+        def compute_loss(context, batch):
             out = yield
             out.loss_sum = out.loss_sum + 100.0
             out.metrics["wrapped"] = 1.0
@@ -367,6 +367,83 @@ def test_compute_loss(tiny_tokenizer):
     wrapped = SFTModule(recipe, wrapped_pm, build_registry(wrapped_pm), model=model)._loss(batch)
     assert float(wrapped.loss_sum.detach()) == pytest.approx(float(plain.loss_sum.detach()) + 100.0)
     assert wrapped.metrics == {"wrapped": 1.0}
+
+
+def test_load_model(tiny_tokenizer):
+    """A plugin that loads models answers first; the built-in loader is the fallback."""
+    from tempering.recipe import ModelConfig
+
+    mod = _module("own_loader", """
+        from tempering import hookimpl
+        LOADED = []
+        @hookimpl
+        def load_model(role, config, seed):
+            if role != "teacher":
+                return None
+            from tempering import load_causal_lm
+            LOADED.append((role, seed))
+            model = load_causal_lm(config, seed, key="teacher")
+            model.loaded_by = "own_loader"
+            return model
+    """)
+    pm = build_plugin_manager([mod], entry_points=False)
+    cfg = ModelConfig(name_or_path="bundled:tiny-llama", init="random")
+    teacher = pm.hook.load_model(role="teacher", config=cfg, seed=3)
+    policy = pm.hook.load_model(role="policy", config=cfg, seed=3)
+    assert teacher.loaded_by == "own_loader" and mod.LOADED == [("teacher", 3)]
+    assert not hasattr(policy, "loaded_by") and policy.config.vocab_size == len(tiny_tokenizer)
+    from tempering.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="^teacher.name_or_path: "):
+        pm.hook.load_model(role="teacher", config=ModelConfig(name_or_path="/nope"), seed=0)
+    with pytest.raises(RecipeError, match="^generator.name_or_path: "):
+        pm.hook.load_model(role="generator", config=ModelConfig(name_or_path="/nope"), seed=1)
+
+
+def test_load_tokenizer():
+    from tempering.recipe import ModelConfig
+
+    mod = _module("tok_loader", """
+        from tempering import hookimpl
+        @hookimpl
+        def load_tokenizer(config):
+            from tempering import load_fast_tokenizer
+            tok = load_fast_tokenizer(config)
+            tok.model_max_length = 77
+            return tok
+    """)
+    cfg = ModelConfig(name_or_path="bundled:tiny-llama")
+    assert build_plugin_manager([mod], entry_points=False).hook.load_tokenizer(
+        config=cfg).model_max_length == 77
+    assert build_plugin_manager(entry_points=False).hook.load_tokenizer(
+        config=cfg).is_fast
+
+
+def test_trainer_callbacks(tiny_recipe, monkeypatch):
+    from tempering.recipe import load_recipe
+    from tempering.train.driver import run_recipe
+
+    mod = _module("steps_seen_plugin", """
+        import lightning.pytorch as pl
+        from tempering import hookimpl
+        SEEN = []
+        class Steps(pl.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                SEEN.append(trainer.global_step)
+        @hookimpl
+        def trainer_callbacks(recipe):
+            return [Steps()]
+    """)
+    pm = build_plugin_manager(entry_points=False)
+    names = [type(c).__name__ for group in pm.hook.trainer_callbacks(recipe=None) for c in group]
+    assert names == ["PerfLogger"]  # the built-in one
+    monkeypatch.setitem(sys.modules, "steps_seen_plugin", mod)
+    tiny_recipe["plugins"] = ["steps_seen_plugin"]
+    tiny_recipe["trainer"]["max_steps"] = 3
+    tiny_recipe["train"]["save_final"] = False
+    summary = run_recipe(load_recipe(tiny_recipe))
+    assert mod.SEEN == [1, 2, 3] and summary["global_step"] == 3
+    assert summary["perf_tokens_per_s"] > 0 and summary["train_grad_norm"] > 0
 
 
 def test_recipe_listed_plugin_module(tmp_path, monkeypatch, capsys):

@@ -6,13 +6,14 @@ import random
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from tempering.chat.encoding import IGNORE_INDEX, ConversationEncoder
+from tempering.data.batch import Batch
 from tempering.data.packing import (
     collate_packed,
     collate_padded,
@@ -95,7 +96,7 @@ class PlanLoader:
     def __len__(self) -> int:
         return len(self._plan()) // self._world()[1]
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         rank, world, accumulate = self._world()
         plan = self._plan()
         totals = window_totals(plan, self.supervised, world_size=world, accumulate=accumulate)
@@ -236,13 +237,14 @@ class ConversationDataModule(pl.LightningDataModule):
 
     # -- batches ----------------------------------------------------------------------------
 
-    def collate(self, rows: list[list[int]], data: Any) -> dict[str, Any]:
-        """One micro-batch from ``rows`` of example indices into ``data``."""
+    def collate(self, rows: list[list[int]], data: Any) -> Batch:
+        """One micro-batch (a :class:`~tempering.data.batch.Batch`, without the window totals
+        the loader adds) from ``rows`` of example indices into ``data``."""
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id
         if not rows:
-            return empty_batch(pad, packed=self.recipe.data.packing)
+            return cast(Batch, empty_batch(pad, packed=self.recipe.data.packing))
         if self.recipe.data.packing:
             examples = [[data[i] for i in row] for row in rows]
             batch = collate_packed(examples, pad)
@@ -254,7 +256,7 @@ class ConversationDataModule(pl.LightningDataModule):
         batch["num_tokens"] = torch.tensor(tokens)
         batch["num_supervised"] = torch.tensor(real)
         batch["num_padding"] = torch.tensor(batch["input_ids"].numel() - tokens)
-        return batch
+        return cast(Batch, batch)
 
     def empty_micro_batches(self, world_size: int) -> int:
         """Empty micro-batches that complete the last round of ranks in an epoch of training."""

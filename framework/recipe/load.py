@@ -262,8 +262,10 @@ def check_locations(recipe: Recipe) -> None:
     for section in ("train", "validation"):
         for i, source in enumerate(getattr(recipe.data, section)):
             _check_location(f"data.{section}[{i}].path", source.path)
-    _check_location("model.name_or_path", recipe.model.name_or_path)
-    _check_location("model.tokenizer", recipe.model.tokenizer)
+    for key, cfg in (("model", recipe.model), ("teacher", recipe.teacher)):
+        if cfg is not None:
+            _check_location(f"{key}.name_or_path", cfg.name_or_path)
+            _check_location(f"{key}.tokenizer", cfg.tokenizer)
 
 
 def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
@@ -333,6 +335,17 @@ def validate_components(recipe: Recipe, registry: Any) -> None:
                         takes = closest(option, accepted) if accepted else "; it takes no options"
                         raise RecipeError(f"{where}.{option}: not an option of {kind.name} "
                                           f"{picked.name!r}{takes}")
+    _check_teacher(recipe, registry.get("objective", recipe.objective.name))
+
+
+def _check_teacher(recipe: Recipe, objective: Any) -> None:
+    """A teacher exactly when the objective uses one (never loaded for nothing, never missing)."""
+    if objective.needs_teacher and recipe.teacher is None:
+        raise RecipeError(f"objective: {objective.name!r} needs a teacher model; set "
+                          "teacher.name_or_path")
+    if recipe.teacher is not None and not objective.needs_teacher:
+        raise RecipeError(f"teacher: set, but objective {objective.name!r} does not use a "
+                          "teacher; remove it or pick an objective that does")
 
 
 def to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -160,7 +160,11 @@ class WandbConfig:
 class Recipe(_NamesComponents):
     name: str = doc("Run name.", "run")
     plugins: list[str] = doc("Extra plugin modules to register (`pkg.module`).", factory=list)
-    model: ModelConfig = doc("Model and tokenizer.", factory=ModelConfig)
+    model: ModelConfig = doc("The policy (the model trained) and the run's tokenizer.",
+                             factory=ModelConfig)
+    teacher: ModelConfig | None = doc(
+        "The teacher model (role `teacher`, frozen) for an objective that needs one "
+        "(distillation); it must share the policy's tokenizer.")
     chat_template: ComponentConfig = component(
         "tokenizer", "Registered template name, `tokenizer`, a `.jinja` path or inline Jinja; "
         "options are template variables (as `template_kwargs`).")

@@ -13,7 +13,6 @@ import lightning.pytorch as pl
 
 from tempering.console import StepProgressBar
 from tempering.data.datamodule import ConversationDataModule
-from tempering.models import load_tokenizer
 from tempering.plugin_manager import build_plugin_manager, build_registry
 from tempering.recipe import Recipe, RecipeError, check_locations, validate_components
 from tempering.run_dir import prepare_run_dir
@@ -121,6 +120,7 @@ def _evaluate(module: SFTModule, dm: ConversationDataModule, recipe: Recipe, tok
 
     if recipe.eval.generate_samples <= 0 or not dm.val_conversations:
         return None
+    _set_stop_tokens(module.model, tokenizer, dm)
     sample = next((c.messages for c in dm.val_conversations
                    if c.messages[-1]["role"] == "assistant"), None)
     if sample is None:
@@ -180,10 +180,11 @@ def _set_stop_tokens(model: Any, tokenizer: Any, dm: ConversationDataModule) -> 
 def _measure_before(trainer: pl.Trainer, module: SFTModule, dm: ConversationDataModule,
                     recipe: Recipe, tokenizer: Any, registry: Any, summary: dict[str, Any]) -> None:
     """Validation loss and exact match of the untrained model, for comparison."""
-    if dm.val_data is not None:
-        metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
-        summary["val_loss_before"] = metrics["val/loss"]
-        summary["val_perplexity_before"] = metrics["val/perplexity"]
+    if _has_validation(recipe):  # Lightning prepares the data and the model for it
+        results = trainer.validate(module, datamodule=dm, verbose=False)
+        if results and "val/loss" in results[0]:
+            summary["val_loss_before"] = results[0]["val/loss"]
+            summary["val_perplexity_before"] = results[0]["val/perplexity"]
     before = _evaluate(module, dm, recipe, tokenizer, registry)
     if before:
         summary.update({f"{name}_before": v for name, v in before["scores"].items()})
@@ -193,6 +194,7 @@ def _finish(trainer: pl.Trainer, module: SFTModule, dm: ConversationDataModule, 
             tokenizer: Any, registry: Any, logger: Any, summary: dict[str, Any],
             output_dir: Path, gathered: dict[str, Any] | None) -> None:
     """Rank 0 after training: held-out generation, final model, summary file and W&B."""
+    _set_stop_tokens(module.model, tokenizer, dm)
     if trainer.world_size == 1:  # generation needs the whole model on one process
         after = _evaluate(module, dm, recipe, tokenizer, registry)
         if after:
@@ -242,8 +244,54 @@ def _with_progress_bar(args: dict[str, Any], callbacks: list[Any]) -> list[Any]:
     return [*callbacks, StepProgressBar()]
 
 
+class _RunStart(pl.Callback):
+    """W&B run start (config, data statistics, example table) once the data is built."""
+
+    def __init__(self, recipe: Recipe, dm: ConversationDataModule, tokenizer: Any) -> None:
+        self.recipe, self.dm, self.tokenizer = recipe, dm, tokenizer
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            log_run_start(trainer.logger, self.recipe, self.dm, self.tokenizer)
+
+
+def _plugin_callbacks(pm: Any, recipe: Recipe) -> list[Any]:
+    from lightning.pytorch import Callback
+
+    found = [c for group in pm.hook.trainer_callbacks(recipe=recipe) for c in group or []]
+    for c in found:
+        if not isinstance(c, Callback):
+            raise TypeError(f"trainer_callbacks returned {c!r}, not a lightning Callback")
+    return found
+
+
+def _refuse_unsupported_early(pm: Any, recipe: Recipe) -> None:
+    """Refuse an architecture whose logits the chunked loss cannot reproduce from a tiny twin,
+    before any data work (the loaded model is checked again in ``configure_model``). Skipped
+    when a plugin loads models its own way: the twin would not be its model."""
+    from tempering.models import load_model_config
+    from tempering.train.logit_check import check_logit_parity
+    from tempering.train.twin import tiny_twin
+
+    loaders = [impl.plugin_name for impl in pm.hook.load_model.get_hookimpls()]
+    if loaders != ["tempering.plugins.models"]:
+        return
+    for key, cfg in (("model", recipe.model), ("teacher", recipe.teacher)):
+        twin = tiny_twin(load_model_config(cfg, key)) if cfg is not None else None
+        if twin is not None:
+            check_logit_parity(twin)
+
+
+def _has_validation(recipe: Recipe) -> bool:
+    return bool(recipe.data.validation) or recipe.data.val_fraction > 0
+
+
 def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Train as the recipe says; returns (and writes to ``summary.json``) the run summary.
+
+    Lightning drives the order: ``prepare_data`` (reading and tokenizing, on local rank 0 into
+    the shared cache), ``setup`` (every rank reads it back), ``configure_model`` (the policy,
+    and a teacher, loaded under the strategy's initialisation context), then training.
 
     Args:
         recipe: the loaded recipe.
@@ -256,23 +304,20 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     pl.seed_everything(recipe.train.seed, workers=True, verbose=False)
     output_dir = Path(recipe.train.output_dir.format(name=recipe.name))
     prepare_run_dir(recipe, output_dir)  # never mix this run with an earlier one
-    tokenizer = load_tokenizer(recipe.model)
+    _refuse_unsupported_early(pm, recipe)
+    tokenizer = pm.hook.load_tokenizer(config=recipe.model)
     dm = ConversationDataModule(recipe, tokenizer, pm, registry)
     module = SFTModule(recipe, pm, registry)
-    module.configure_model()  # an architecture we cannot train is refused before tokenizing
-    dm.setup("fit")
     logger = make_logger(recipe, output_dir)
     args = trainer_arguments(recipe, output_dir)
-    if dm.val_data is None:
+    if not _has_validation(recipe):
         args.setdefault("limit_val_batches", 0)  # nothing to validate on
     ours = _callbacks(recipe, output_dir)
     stop = GracefulStop(next((c for c in ours if isinstance(c, LastCheckpoint)), None))
-    trainer = pl.Trainer(logger=logger, callbacks=_with_progress_bar(
-        args, ours + [stop] + list(callbacks or [])), **args)
-    _set_stop_tokens(module.model, tokenizer, dm)
-    summary: dict[str, Any] = {"recipe": recipe.name, "output_dir": str(output_dir), **dm.stats()}
-    if trainer.is_global_zero:
-        log_run_start(logger, recipe, dm, tokenizer)
+    extra = [*_plugin_callbacks(pm, recipe), _RunStart(recipe, dm, tokenizer), *(callbacks or [])]
+    trainer = pl.Trainer(logger=logger, callbacks=_with_progress_bar(args, ours + [stop] + extra),
+                         **args)
+    summary: dict[str, Any] = {"recipe": recipe.name, "output_dir": str(output_dir)}
     if recipe.eval.before_training and trainer.world_size == 1 and not recipe.train.resume_from:
         _measure_before(trainer, module, dm, recipe, tokenizer, registry, summary)
     ckpt = _resume_path(recipe, output_dir)
@@ -280,7 +325,7 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
         print(f"tempering: resuming from {ckpt}", file=sys.stderr)
     started = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-    summary["train_seconds"] = round(time.perf_counter() - started, 2)
+    summary = {**summary, **dm.stats(), "train_seconds": round(time.perf_counter() - started, 2)}
     summary["global_step"] = trainer.global_step
     if stop.interrupted:
         _interrupted(trainer, stop, logger, summary, output_dir)

@@ -16,8 +16,8 @@ from torch.utils.checkpoint import checkpoint
 
 from tempering.chat.encoding import IGNORE_INDEX
 
-__all__ = ["LossOutput", "forward_hidden", "project_logits", "chunked_per_token",
-           "supervised_hidden", "supervised_loss"]
+__all__ = ["LossContext", "LossOutput", "forward_hidden", "project_logits", "chunked_per_token",
+           "supervised_positions", "supervised_hidden", "token_nll"]
 
 
 @dataclass
@@ -37,6 +37,25 @@ class LossOutput:
     num_tokens: int
     metrics: dict[str, float] = field(default_factory=dict)
     nll_sum: torch.Tensor | None = None
+
+
+@dataclass
+class LossContext:
+    """What ``compute_loss`` gets from the run (not the LightningModule itself).
+
+    Attributes:
+        model: the policy (the model being trained), in its training or eval mode.
+        objective: the recipe's :class:`tempering.Objective`.
+        options: the objective's recipe options (keyword arguments of ``per_token``).
+        chunk_size: supervised positions projected to the vocabulary at a time (0: all).
+        teacher: the frozen teacher model (role ``teacher``) when the objective needs one.
+    """
+
+    model: Any
+    objective: Any
+    options: dict[str, Any] = field(default_factory=dict)
+    chunk_size: int = 0
+    teacher: Any = None
 
 
 def forward_hidden(model: Any, batch: dict[str, Any]) -> torch.Tensor:
@@ -81,69 +100,61 @@ def project_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _chunk(model: Any, objective: Any, options: dict[str, Any], hidden: torch.Tensor,
-           targets: torch.Tensor) -> torch.Tensor:
-    return objective.per_token(project_logits(model, hidden), targets, None, **options)
+def token_nll(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Any = None
+              ) -> torch.Tensor:  # [n]
+    """Plain next-token negative log-likelihood, in float32 (perplexity is exp of its mean)."""
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def _chunk(model: Any, per_token: Any, options: dict[str, Any], teacher: Any,
+           hidden: torch.Tensor, targets: torch.Tensor,
+           teacher_hidden: torch.Tensor | None = None) -> torch.Tensor:
+    teacher_logits = None
+    if teacher_hidden is not None:
+        with torch.no_grad():
+            teacher_logits = project_logits(teacher, teacher_hidden)
+    return per_token(project_logits(model, hidden), targets, teacher_logits, **options)
 
 
 def chunked_per_token(
     model: Any,
-    objective: Any,
+    per_token: Any,
     hidden: torch.Tensor,  # [n, d]
     targets: torch.Tensor,  # [n]
     *,
     chunk_size: int,
     options: dict[str, Any] | None = None,
+    teacher: Any = None,
+    teacher_hidden: torch.Tensor | None = None,  # [n, d_teacher]
 ) -> torch.Tensor:  # [n]
-    """The objective's per-token loss, computed ``chunk_size`` positions at a time.
+    """``per_token(logits, targets, teacher_logits, **options)`` computed ``chunk_size``
+    positions at a time; the teacher's hidden states (when given) are projected by its own LM
+    head in the same chunks, so one chunk of each model's logits is alive at a time.
 
     With gradients each chunk runs under activation checkpointing; without them (validation)
-    the chunks simply run one after another: either way one chunk of logits is alive at a time.
+    the chunks simply run one after another.
     """
-    fn = functools.partial(_chunk, model, objective, options or {})
-    if chunk_size <= 0 or hidden.shape[0] <= chunk_size:
-        return fn(hidden, targets)
+    fn = functools.partial(_chunk, model, per_token, options or {}, teacher)
+    n = hidden.shape[0]
+    if chunk_size <= 0 or n <= chunk_size:
+        return fn(hidden, targets, teacher_hidden)
+    pieces = [(hidden[i:i + chunk_size], targets[i:i + chunk_size],
+               None if teacher_hidden is None else teacher_hidden[i:i + chunk_size])
+              for i in range(0, n, chunk_size)]
     if not torch.is_grad_enabled():
-        return torch.cat([fn(hidden[i:i + chunk_size], targets[i:i + chunk_size])
-                          for i in range(0, hidden.shape[0], chunk_size)])
-    parts = [
-        checkpoint(fn, hidden[i:i + chunk_size], targets[i:i + chunk_size], use_reentrant=False)
-        for i in range(0, hidden.shape[0], chunk_size)
-    ]
-    return torch.cat(parts)
+        return torch.cat([fn(*piece) for piece in pieces])
+    return torch.cat([checkpoint(fn, *piece, use_reentrant=False) for piece in pieces])
 
 
-def _eval_sums(model: Any, objective: Any, options: dict[str, Any], hidden: torch.Tensor,
-               targets: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Objective sum and plain NLL sum from the same logits, chunk by chunk (no gradients)."""
-    loss = hidden.new_zeros((), dtype=torch.float32)
-    nll = hidden.new_zeros((), dtype=torch.float32)
-    step = chunk_size if chunk_size > 0 else max(1, hidden.shape[0])
-    for i in range(0, hidden.shape[0], step):
-        logits = project_logits(model, hidden[i:i + step])  # [c, v]
-        loss = loss + objective.per_token(logits, targets[i:i + step], None, **options).sum()
-        nll = nll + torch.nn.functional.cross_entropy(logits.float(), targets[i:i + step],
-                                                      reduction="sum")
-    return loss, nll
-
-
-def supervised_hidden(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states ``[n, d]`` at the positions whose next token is trained, and those ``[n]``."""
+def supervised_positions(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``[b, s-1]`` mask of positions whose next token is trained, and those ``[n]`` tokens."""
     targets = batch["labels"][:, 1:]  # [b, s-1]: the token each position predicts
     mask = targets != IGNORE_INDEX
+    return mask, targets[mask]
+
+
+def supervised_hidden(model: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states ``[n, d]`` at the positions whose next token is trained, and those ``[n]``."""
+    mask, targets = supervised_positions(batch)
     hidden = forward_hidden(model, batch)  # [b, s, d]
-    return hidden[:, :-1][mask], targets[mask]
-
-
-def supervised_loss(module: Any, batch: dict[str, Any]) -> LossOutput:
-    """The recipe's objective summed over supervised positions of one micro-batch."""
-    hidden, targets = supervised_hidden(module.model, batch)
-    if not torch.is_grad_enabled():  # validation: the plain NLL comes from the same logits
-        loss, nll = _eval_sums(module.model, module.objective, module.objective_options, hidden,
-                               targets, module.loss_chunk_size)
-        return LossOutput(loss, int(targets.numel()), nll_sum=nll)
-    per_token = chunked_per_token(
-        module.model, module.objective, hidden, targets,
-        chunk_size=module.loss_chunk_size, options=module.objective_options,
-    )
-    return LossOutput(per_token.sum(), int(targets.numel()))
+    return hidden[:, :-1][mask], targets

@@ -11,7 +11,6 @@ mean over every supervised token of the step, whatever the micro-batch and rank 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,10 +18,16 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import SumMetric
 
-from tempering.models import load_model
+from tempering.data.batch import Batch
 from tempering.recipe import Recipe
-from tempering.train.losses import LossOutput, chunked_per_token, supervised_hidden
-from tempering.train.optim import check_update_precision, decay_groups, grad_norm, no_decay_names
+from tempering.train.losses import (
+    LossContext,
+    LossOutput,
+    chunked_per_token,
+    supervised_hidden,
+    token_nll,
+)
+from tempering.train.optim import check_update_precision, decay_groups, no_decay_names
 
 __all__ = ["SFTModule", "lr_lambda"]
 
@@ -38,33 +43,34 @@ def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: f
     return min_ratio + (1 - min_ratio) * decay
 
 
-class _CrossEntropy:
-    """Plain next-token NLL for validation perplexity, whatever the training objective."""
-
-    name = "cross_entropy"
-
-    @staticmethod
-    def per_token(logits: torch.Tensor, labels: torch.Tensor, teacher: Any = None) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-
-
 class SFTModule(pl.LightningModule):
-    """Supervised fine-tuning of a causal LM with a pluggable loss.
+    """Training of a causal LM (the ``policy``) with a pluggable loss, and a frozen teacher
+    when the objective needs one.
 
     Args:
         recipe: the run's recipe.
-        plugin_manager: the run's PluginManager (``compute_loss``).
+        plugin_manager: the run's PluginManager (``compute_loss``, ``load_model``).
         registry: the component registry (the objective).
-        model: an already built model; loaded from the recipe in ``configure_model`` if None.
+        model: an already built policy; loaded (``load_model`` hook, role ``policy``) in
+            ``configure_model`` if None.
+        teacher: an already built teacher; loaded (role ``teacher``) in ``configure_model``
+            if None and the objective needs one.
     """
 
-    def __init__(self, recipe: Recipe, plugin_manager: Any, registry: Any, model: Any = None) -> None:
+    def __init__(self, recipe: Recipe, plugin_manager: Any, registry: Any, model: Any = None,
+                 teacher: Any = None) -> None:
         super().__init__()
         self.recipe, self.pm = recipe, plugin_manager
         self.objective = registry.get("objective", recipe.objective.name)
         self.objective_options = dict(recipe.objective.options)
         self.loss_chunk_size = recipe.train.loss_chunk_size
+        if self.objective.needs_teacher and teacher is None and recipe.teacher is None:
+            raise ValueError(f"objective {self.objective.name!r} needs a teacher model "
+                             "(recipe key teacher)")
         self.model = model
+        self.teacher: Any = None
+        if teacher is not None:
+            self._set_teacher(teacher)
         self._param_names: set[str] = set()
         self._no_decay: set[str] = set()
         self._parity_pending = False
@@ -73,13 +79,44 @@ class SFTModule(pl.LightningModule):
         self.val_loss_sum, self.val_nll_sum, self.val_tokens = SumMetric(), SumMetric(), SumMetric()
         self.validated_at_step: int | None = None  # the global step of the last validation
         self._window_loss: torch.Tensor | float = 0.0
-        self._step_started: float | None = None
-        self._step_lr = 0.0
+        self._step_lr: float | None = None
 
     def configure_model(self) -> None:
+        """Lightning calls this under the strategy's initialisation context (FSDP: sharded)."""
+        seed = self.recipe.train.seed
         if self.model is None:
-            self.model = load_model(self.recipe.model, self.recipe.train.seed)
+            self.model = self.pm.hook.load_model(role="policy", config=self.recipe.model,
+                                                 seed=seed)
             self._prepare_model()
+        if self.teacher is None and self.objective.needs_teacher:
+            self._set_teacher(self.pm.hook.load_model(role="teacher", config=self.recipe.teacher,
+                                                      seed=seed))
+
+    def _set_teacher(self, teacher: Any) -> None:
+        """Frozen and in eval mode; checked like the policy; never in a checkpoint."""
+        from tempering.train.logit_check import check_logit_parity
+
+        teacher.requires_grad_(False)
+        self.teacher = teacher.eval()
+        impl = getattr(teacher.config, "_attn_implementation", None)
+        if impl in (None, "eager", "sdpa"):
+            check_logit_parity(teacher)
+
+    def train(self, mode: bool = True) -> SFTModule:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # dropout stays off in the teacher
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("teacher.")]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.teacher is not None:  # the teacher comes from its own weights, not the ckpt
+            checkpoint.setdefault("state_dict", {}).update(
+                {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
 
     def _prepare_model(self) -> None:
         """On the model as loaded, before any wrapping or sharding: refuse an architecture whose
@@ -99,27 +136,30 @@ class SFTModule(pl.LightningModule):
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _loss(self, batch: dict[str, Any]) -> LossOutput:
+    def loss_context(self) -> LossContext:
+        return LossContext(self.model, self.objective, self.objective_options,
+                           self.loss_chunk_size, self.teacher)
+
+    def _loss(self, batch: Batch) -> LossOutput:
         if self._parity_pending:  # every rank, on the first micro-batch (a forward of its own)
             from tempering.train.logit_check import check_logit_parity
 
             check_logit_parity(self.model)
             self._parity_pending = False
-        out = self.pm.hook.compute_loss(module=self, batch=batch)
+        out = self.pm.hook.compute_loss(context=self.loss_context(), batch=batch)
         if out is None:
             raise RuntimeError("no compute_loss plugin returned a loss")
         return out
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._step_started is None:  # first micro-batch of an optimizer step
-            self._step_started = time.perf_counter()
+        if self._step_lr is None:  # first micro-batch of an optimizer step
             self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._is_window_end(batch_idx):  # after backward and the optimizer step
             self._log_window(batch)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         out = self._loss(batch)
         window = batch["num_window_tokens"].clamp(min=1).to(out.loss_sum.dtype)
         scale = self.trainer.world_size * self.trainer.accumulate_grad_batches / window
@@ -138,19 +178,13 @@ class SFTModule(pl.LightningModule):
         last = self.trainer.num_training_batches
         return (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == last
 
-    def _log_window(self, batch: dict[str, Any]) -> None:
-        elapsed = time.perf_counter() - (self._step_started or time.perf_counter())
+    def _log_window(self, batch: Batch) -> None:
         loss = torch.as_tensor(self._window_loss, device=self.device, dtype=torch.float32)
         self.log("train/loss", loss, reduce_fx="sum", sync_dist=True, prog_bar=True, batch_size=1)
-        self.log("train/lr", self._step_lr, batch_size=1)
-        if elapsed > 0:
-            self.log_dict({
-                "perf/tokens_per_s": batch["num_window_all_tokens"].float() / elapsed,
-                "perf/supervised_tokens_per_s": batch["num_window_tokens"].float() / elapsed,
-            }, batch_size=1)
-        self._window_loss, self._step_started = 0.0, None
+        self.log("train/lr", self._step_lr or 0.0, batch_size=1)
+        self._window_loss, self._step_lr = 0.0, None
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         out = self._loss(batch)
         self.val_loss_sum.update(out.loss_sum)
         self.val_tokens.update(out.num_tokens)
@@ -159,9 +193,9 @@ class SFTModule(pl.LightningModule):
         nll = out.nll_sum if out.nll_sum is not None else self._nll_sum(batch)
         self.val_nll_sum.update(nll)
 
-    def _nll_sum(self, batch: dict[str, Any]) -> torch.Tensor:
+    def _nll_sum(self, batch: Batch) -> torch.Tensor:
         hidden, targets = supervised_hidden(self.model, batch)
-        return chunked_per_token(self.model, _CrossEntropy, hidden, targets,
+        return chunked_per_token(self.model, token_nll, hidden, targets,
                                  chunk_size=self.loss_chunk_size).sum()
 
     def on_validation_epoch_end(self) -> None:
@@ -181,11 +215,6 @@ class SFTModule(pl.LightningModule):
         from lightning.pytorch.strategies import FSDPStrategy
 
         return isinstance(self.trainer.strategy, FSDPStrategy)
-
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
-        # Under FSDP each rank holds a shard of every gradient: the squares are added up.
-        reduce = self._sum_over_ranks if self._sharded() else None
-        self.log("train/grad_norm", grad_norm(self.parameters(), reduce), batch_size=1)
 
     def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum")

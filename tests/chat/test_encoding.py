@@ -318,7 +318,7 @@ def test_check_template_says_when_a_final_turn_has_no_stop_token(shared_data, ca
 
 def test_stop_tokens_and_unterminated_turns_are_in_the_data_stats(tiny_recipe) -> None:
     from tempering.data.datamodule import ConversationDataModule
-    from tempering.models import load_tokenizer
+    from tempering.models import load_fast_tokenizer as load_tokenizer
     from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.recipe import load_recipe
 

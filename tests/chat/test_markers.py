@@ -121,7 +121,7 @@ def test_a_recipe_refuses_split_markers_in_one_line_unless_allowed(tmp_path, cap
 
 def test_the_run_summary_lists_split_markers(tiny_recipe):
     from tempering.data.datamodule import ConversationDataModule
-    from tempering.models import load_tokenizer
+    from tempering.models import load_fast_tokenizer as load_tokenizer
     from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.recipe import load_recipe
 

@@ -94,7 +94,7 @@ def test_errors_name_the_file_read_even_from_the_cache(tiny_tokenizer, tmp_path)
 
 def test_skip_mode_says_what_it_skipped_when_reading_ends(tiny_recipe, tmp_path, capsys) -> None:
     from tempering.data.datamodule import ConversationDataModule
-    from tempering.models import load_tokenizer
+    from tempering.models import load_fast_tokenizer as load_tokenizer
     from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.recipe import load_recipe
 

@@ -143,7 +143,7 @@ def _validate(tiny_recipe, *overrides: str):
     import lightning.pytorch as pl
 
     from tempering.data.datamodule import ConversationDataModule
-    from tempering.models import load_tokenizer
+    from tempering.models import load_fast_tokenizer as load_tokenizer
     from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.train.driver import trainer_arguments
     from tempering.train.module import SFTModule
@@ -343,3 +343,63 @@ def test_a_model_with_another_attention_kernel_is_checked_on_its_first_step(tiny
     ids = torch.arange(1, 9)[None]
     with pytest.raises(UnsupportedModelError, match="Shifted"):
         module._loss({"input_ids": ids, "labels": ids})
+
+
+_KL_PLUGIN = """
+import torch.nn.functional as F
+from tempering import Objective, hookimpl
+def kl(student, labels, teacher, temperature=1.0):
+    t = F.log_softmax(teacher.float() / temperature, -1)
+    s = F.log_softmax(student.float() / temperature, -1)
+    return (t.exp() * (t - s)).sum(-1)
+@hookimpl
+def register_objectives():
+    return [Objective("test_kl", kl, needs_teacher=True)]
+"""
+
+
+def _kl_plugin(monkeypatch):
+    import sys
+    import textwrap
+
+    mod = type(sys)("test_kl_plugin")
+    exec(textwrap.dedent(_KL_PLUGIN), mod.__dict__)
+    monkeypatch.setitem(sys.modules, "test_kl_plugin", mod)
+
+
+def test_an_objective_that_needs_a_teacher_trains_with_one_and_keeps_it_out_of_checkpoints(
+        tiny_recipe, monkeypatch) -> None:
+    from tempering.train.driver import run_recipe
+
+    _kl_plugin(monkeypatch)
+    tiny_recipe.update(plugins=["test_kl_plugin"], objective={"name": "test_kl", "temperature": 2},
+                       teacher={"name_or_path": "bundled:tiny-llama", "init": "random",
+                                "dtype": "float32"})
+    tiny_recipe["trainer"]["max_steps"] = 3
+    tiny_recipe["train"].update(checkpoint_every_n_steps=3, save_final=False)
+    summary = run_recipe(load_recipe(tiny_recipe))
+    assert summary["global_step"] == 3 and math.isfinite(summary["train_loss"])
+    ckpt = torch.load(Path(summary["output_dir"]) / "checkpoints" / "last.ckpt",
+                      weights_only=False)
+    assert ckpt["state_dict"] and not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    tiny_recipe["trainer"]["max_steps"] = 4
+    tiny_recipe["train"]["resume_from"] = "last"
+    assert run_recipe(load_recipe(tiny_recipe))["global_step"] == 4  # the teacher reloads
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"objective": "test_kl"}, "objective: 'test_kl' needs a teacher model; set "
+                               "teacher.name_or_path"),
+    ({"teacher": {"name_or_path": "bundled:tiny-llama"}},
+     "teacher: set, but objective 'cross_entropy' does not use a teacher"),
+])
+def test_a_teacher_is_there_exactly_when_the_objective_needs_one(tiny_recipe, monkeypatch,
+                                                                 given, message) -> None:
+    from tempering.plugin_manager import build_plugin_manager, build_registry
+    from tempering.recipe import RecipeError, validate_components
+
+    _kl_plugin(monkeypatch)
+    recipe = load_recipe({**tiny_recipe, "plugins": ["test_kl_plugin"], **given})
+    with pytest.raises(RecipeError) as info:
+        validate_components(recipe, build_registry(build_plugin_manager(recipe.plugins)))
+    assert str(info.value).startswith(message)
