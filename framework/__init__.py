@@ -56,6 +56,7 @@ _LAZY = {
     "SFTModule": "tempering.train.module",
     "ConversationDataModule": "tempering.data.datamodule",
     "run_recipe": "tempering.train.driver",
+    "run_pipeline": "tempering.pipeline",
     "Generator": "tempering.generate",
     "GenerationParams": "tempering.generate",
 }

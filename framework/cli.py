@@ -180,13 +180,13 @@ def _verbose(args: argparse.Namespace) -> bool:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from tempering.console import quiet_libraries, run_table
+    from tempering.pipeline import run_pipeline
     from tempering.recipe import load_recipe
-    from tempering.train.driver import run_recipe
 
     if not _verbose(args):
         quiet_libraries()
     recipe = load_recipe(args.recipe, args.overrides)
-    summary = run_recipe(recipe)
+    summary = run_pipeline(recipe)
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         print("\n" + run_table(summary))
     return 0

@@ -160,3 +160,15 @@ def run_cli(recipe: dict, tmp_path: Path, name: str, *overrides: str) -> Path:
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run where a CUDA device is (skipped, with the reason, elsewhere)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

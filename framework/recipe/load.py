@@ -22,12 +22,13 @@ from tempering.recipe.schema import (
     OptimConfig,
     Recipe,
     TrainConfig,
+    TrainStage,
     WandbConfig,
 )
 
 __all__ = [
     "Recipe", "RecipeError", "DataSource", "DataConfig", "ModelConfig", "ComponentConfig",
-    "OptimConfig", "TrainConfig", "EvalConfig", "WandbConfig",
+    "OptimConfig", "TrainConfig", "EvalConfig", "WandbConfig", "TrainStage", "stages_of",
     "bundled_recipes", "find_recipe", "load_recipe", "parse_overrides", "resolve_bundled",
     "validate_components", "picks", "check_locations", "to_dict",
 ]
@@ -224,18 +225,57 @@ def _admits(value: Any, allowed: tuple[Any, ...]) -> bool:
     return False
 
 
-def _check_trainer_args(trainer: dict[str, Any]) -> None:
+_STAGE_KEYS = tuple(f.name for f in dataclasses.fields(TrainStage))
+
+
+def _merge(base: Any, own: Any) -> Any:
+    """``own`` over ``base``: mappings merge key by key, anything else replaces."""
+    if isinstance(base, dict) and isinstance(own, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in own.items()}}
+    return own
+
+
+def _merged_stages(raw: dict[str, Any]) -> list[Any]:
+    """Each stage's own keys merged over the top-level stage keys (its defaults)."""
+    if not isinstance(raw["stages"], list):
+        raise RecipeError("stages: expected a list of stages")
+    defaults = {k: raw[k] for k in _STAGE_KEYS if k in raw and k != "kind"}
+    out = []
+    for i, stage in enumerate(raw["stages"]):
+        if not isinstance(stage, dict):
+            raise RecipeError(f"stages[{i}]: expected a mapping with a kind, got {stage!r}")
+        out.append(_merge(defaults, stage))
+    return out
+
+
+def stages_of(recipe: Recipe) -> list[TrainStage]:
+    """The recipe's stages; a recipe without ``stages`` is one training stage of its top-level
+    keys."""
+    if recipe.stages:
+        return list(recipe.stages)
+    return [TrainStage(**{k: getattr(recipe, k) for k in _STAGE_KEYS})]
+
+
+def _prefixed_stages(recipe: Recipe) -> list[tuple[str, Any]]:
+    """Each stage with the prefix of its keys in errors (none for the one-stage layout)."""
+    if recipe.stages:
+        return [(f"stages[{i}].", stage) for i, stage in enumerate(recipe.stages)]
+    return [("", recipe)]
+
+
+def _check_trainer_args(trainer: dict[str, Any], where: str = "") -> None:
     from lightning.pytorch import Trainer
 
     valid = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
     hints = typing.get_type_hints(Trainer.__init__)
     for key, value in trainer.items():
         if key not in valid:
-            raise RecipeError(f"trainer.{key}: not a lightning.Trainer argument{closest(key, valid)}")
+            raise RecipeError(f"{where}trainer.{key}: not a lightning.Trainer argument"
+                              f"{closest(key, valid)}")
         allowed = _allowed(hints.get(key, Any))
         if allowed is not None and key != "strategy" and not _admits(value, allowed):
             kinds = ", ".join(a.__name__ if isinstance(a, type) else repr(a) for a in allowed)
-            raise RecipeError(f"trainer.{key}: {value!r} is not one of: {kinds}")
+            raise RecipeError(f"{where}trainer.{key}: {value!r} is not one of: {kinds}")
 
 
 def _looks_local(location: str) -> bool:
@@ -289,10 +329,13 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None
     try:
         for key, value in parse_overrides(overrides or []).items():
             _apply_override(raw, key, value)
+        if raw.get("stages"):
+            raw["stages"] = _merged_stages(raw)
         recipe = _build(Recipe, raw, "")
-        _check_trainer_args(recipe.trainer)
-        if not recipe.data.train:
-            raise RecipeError("data.train: at least one training source is needed")
+        for where, stage in _prefixed_stages(recipe):
+            _check_trainer_args(stage.trainer, where)
+            if not stage.data.train:
+                raise RecipeError(f"{where}data.train: at least one training source is needed")
     except RecipeError as exc:
         raise RecipeError(f"{label}: {exc}") from None
     except (IndexError, ValueError, TypeError, AttributeError) as exc:
@@ -316,36 +359,48 @@ def picks(recipe: Any, dotted: str) -> list[tuple[str, ComponentConfig]]:
 
 def validate_components(recipe: Recipe, registry: Any) -> None:
     """Every component the recipe names is registered and takes the options given (kinds and
-    their keys from the KINDS table); errors name the key path and the closest valid names."""
+    their keys from the KINDS table), in every stage; errors name the key path and the
+    closest valid names."""
     from tempering.components import KINDS
-    from tempering.plugin_manager import ComponentError
 
     for kind in KINDS:
         for key in kind.recipe_keys:
-            for where, picked in picks(recipe, key):
-                if not kind.is_name(picked.name):
-                    continue
-                try:
-                    component = registry.get(kind.name, picked.name)
-                except ComponentError as exc:
-                    raise RecipeError(f"{where}: {exc}") from None
-                accepted = kind.option_names(component)
-                for option in picked.options:
-                    if accepted is not None and option not in accepted:
-                        takes = closest(option, accepted) if accepted else "; it takes no options"
-                        raise RecipeError(f"{where}.{option}: not an option of {kind.name} "
-                                          f"{picked.name!r}{takes}")
-    _check_teacher(recipe, registry.get("objective", recipe.objective.name))
+            section = key.split(".")[0].removesuffix("[]")
+            owners = _prefixed_stages(recipe) if section in _STAGE_KEYS else [("", recipe)]
+            for prefix, owner in owners:
+                for where, picked in picks(owner, key):
+                    _check_component(kind, f"{prefix}{where}", picked, registry)
+    _check_teacher(recipe, [(prefix, registry.get("objective", stage.objective.name))
+                            for prefix, stage in _prefixed_stages(recipe)])
 
 
-def _check_teacher(recipe: Recipe, objective: Any) -> None:
-    """A teacher exactly when the objective uses one (never loaded for nothing, never missing)."""
-    if objective.needs_teacher and recipe.teacher is None:
-        raise RecipeError(f"objective: {objective.name!r} needs a teacher model; set "
-                          "teacher.name_or_path")
-    if recipe.teacher is not None and not objective.needs_teacher:
-        raise RecipeError(f"teacher: set, but objective {objective.name!r} does not use a "
-                          "teacher; remove it or pick an objective that does")
+def _check_component(kind: Any, where: str, picked: ComponentConfig, registry: Any) -> None:
+    from tempering.plugin_manager import ComponentError
+
+    if not kind.is_name(picked.name):
+        return
+    try:
+        component = registry.get(kind.name, picked.name)
+    except ComponentError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+    accepted = kind.option_names(component)
+    for option in picked.options:
+        if accepted is not None and option not in accepted:
+            takes = closest(option, accepted) if accepted else "; it takes no options"
+            raise RecipeError(f"{where}.{option}: not an option of {kind.name} "
+                              f"{picked.name!r}{takes}")
+
+
+def _check_teacher(recipe: Recipe, objectives: list[tuple[str, Any]]) -> None:
+    """A teacher exactly when an objective uses one (never loaded for nothing, never missing)."""
+    for prefix, objective in objectives:
+        if objective.needs_teacher and recipe.teacher is None:
+            raise RecipeError(f"{prefix}objective: {objective.name!r} needs a teacher model; "
+                              "set teacher.name_or_path")
+    if recipe.teacher is not None and not any(o.needs_teacher for _, o in objectives):
+        names = " or ".join(sorted({repr(o.name) for _, o in objectives}))
+        raise RecipeError(f"teacher: set, but objective {names} does not use a teacher; "
+                          "remove it or pick an objective that does")
 
 
 def to_dict(recipe: Recipe) -> dict[str, Any]:

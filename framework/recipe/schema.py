@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = [
     "ModelConfig", "DataSource", "DataConfig", "ComponentConfig", "OptimConfig", "TrainConfig",
-    "EvalConfig", "WandbConfig", "Recipe",
+    "EvalConfig", "WandbConfig", "TrainStage", "Recipe",
 ]
 
 
@@ -157,7 +157,34 @@ class WandbConfig:
 
 
 @dataclass
-class Recipe(_NamesComponents):
+class TrainStage(_NamesComponents):
+    """A training stage: what is trained, on which data, how. In a recipe without ``stages``
+    these keys sit at the top level (one training stage); with ``stages`` they are the
+    defaults each training stage merges its own keys over."""
+
+    kind: str = doc("Stage kind.", "train", choices=("train",))
+    masking: ComponentConfig = component(
+        "all_assistant", "Registered masking strategy; options go to its `select`.")
+    train_on_eot: bool = doc("Train each turn's end-of-turn token.", True)
+    append_stop_token: str | None = doc(
+        "Append this token (and train it) after a final turn the template closes with no "
+        "end-of-turn token (GLM-4 writes nothing after the last turn, so the model never learns "
+        "to stop): `eos` for the tokenizer's EOS, or a token such as `<|user|>`. Note that "
+        "input_ids then differ from apply_chat_template by that one token.")
+    data: DataConfig = doc("Data sources and batching.", factory=DataConfig)
+    objective: ComponentConfig = component(
+        "cross_entropy", "Loss per supervised token; options go to its `per_token`.")
+    optim: OptimConfig = doc("Optimizer and schedule.", factory=OptimConfig)
+    train: TrainConfig = doc("Run-level settings.", factory=TrainConfig)
+    eval: EvalConfig = doc("Evaluation by generation after training.", factory=EvalConfig)
+    trainer: dict[str, Any] = doc("lightning.Trainer arguments (devices, strategy, precision, "
+                                  "max_steps, accumulate_grad_batches, ...).", factory=dict)
+
+
+@dataclass
+class Recipe(TrainStage):
+    """A run: the shared sections (models, template, tracking), and its stages."""
+
     name: str = doc("Run name.", "run")
     plugins: list[str] = doc("Extra plugin modules to register (`pkg.module`).", factory=list)
     model: ModelConfig = doc("The policy (the model trained) and the run's tokenizer.",
@@ -169,24 +196,14 @@ class Recipe(_NamesComponents):
         "tokenizer", "Registered template name, `tokenizer`, a `.jinja` path or inline Jinja; "
         "options are template variables (as `template_kwargs`).")
     template_kwargs: dict[str, Any] = doc("Extra variables for the template renderer.", factory=dict)
-    masking: ComponentConfig = component(
-        "all_assistant", "Registered masking strategy; options go to its `select`.")
-    train_on_eot: bool = doc("Train each turn's end-of-turn token.", True)
-    append_stop_token: str | None = doc(
-        "Append this token (and train it) after a final turn the template closes with no "
-        "end-of-turn token (GLM-4 writes nothing after the last turn, so the model never learns "
-        "to stop): `eos` for the tokenizer's EOS, or a token such as `<|user|>`. Note that "
-        "input_ids then differ from apply_chat_template by that one token.")
     allow_split_markers: bool = doc(
         "Accept a chat template (other than the tokenizer's own) whose markers the tokenizer "
         "splits into pieces, for a model that was trained with them as text. Without it such a "
         "template is refused; `check-template` lists the markers.", False)
-    data: DataConfig = doc("Data sources and batching.", factory=DataConfig)
-    objective: ComponentConfig = component(
-        "cross_entropy", "Loss per supervised token; options go to its `per_token`.")
-    optim: OptimConfig = doc("Optimizer and schedule.", factory=OptimConfig)
-    train: TrainConfig = doc("Run-level settings.", factory=TrainConfig)
-    eval: EvalConfig = doc("Evaluation by generation after training.", factory=EvalConfig)
-    trainer: dict[str, Any] = doc("lightning.Trainer arguments (devices, strategy, precision, "
-                                  "max_steps, accumulate_grad_batches, ...).", factory=dict)
     wandb: WandbConfig = doc("Run tracking.", factory=WandbConfig)
+    stages: list[TrainStage] = doc(
+        "The stages to run in order, each a mapping with `kind` and its own keys merged over "
+        "the top-level ones (mappings merge, other values replace). Empty: one training stage "
+        "of the top-level keys.", factory=list)
+    rounds: int = doc("Run the stages this many times; each round trains on from the model "
+                      "the previous one ended with.", 1, minimum=1)

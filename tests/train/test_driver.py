@@ -182,3 +182,13 @@ def test_truncating_to_leading_turns_and_zero_supervised_tokens(tiny_recipe, tmp
     summary = run_recipe(recipe)
     assert summary["skipped_records"] == {"no_supervised_tokens": 1}
     assert summary["train_conversations"] == 64 + 1  # long_last kept its first turn
+
+
+@pytest.mark.gpu
+def test_a_bf16_mixed_run_on_a_gpu_matches_the_fp32_cpu_run(tiny_recipe, tmp_path) -> None:
+    cpu = run_recipe(load_recipe(tiny_recipe))
+    tiny_recipe["train"]["output_dir"] = str(tmp_path / "gpu")
+    tiny_recipe["trainer"].update(accelerator="gpu", precision="bf16-mixed")
+    gpu = run_recipe(load_recipe(tiny_recipe))
+    assert gpu["global_step"] == cpu["global_step"] == 6
+    assert gpu["val_loss"] == pytest.approx(cpu["val_loss"], rel=0.02)
