@@ -53,7 +53,7 @@ _LAZY = {
     "PerfLogger": "tempering.train.callbacks",
     "load_causal_lm": "tempering.models",
     "load_fast_tokenizer": "tempering.models",
-    "SFTModule": "tempering.train.module",
+    "CausalLMModule": "tempering.train.module",
     "ConversationDataModule": "tempering.data.datamodule",
     "run_recipe": "tempering.train.driver",
     "run_pipeline": "tempering.pipeline",

@@ -342,7 +342,7 @@ def test_compute_loss(tiny_tokenizer):
     from tempering.chat.encoding import encode_conversation
     from tempering.data.packing import collate_padded
     from tempering.recipe import load_recipe
-    from tempering.train.module import SFTModule
+    from tempering.train.module import CausalLMModule
     from tests.conftest import REGISTRY, TINY
 
     mod = _module("loss_wrapper", """
@@ -361,10 +361,10 @@ def test_compute_loss(tiny_tokenizer):
                               chat_template="chatml", registry=REGISTRY)
     batch = collate_padded([{"input_ids": enc.input_ids, "labels": enc.labels}], 0)
     plain_pm = build_plugin_manager(entry_points=False)
-    plain = SFTModule(recipe, plain_pm, build_registry(plain_pm), model=model)._loss(batch)
+    plain = CausalLMModule(recipe, plain_pm, build_registry(plain_pm), model=model)._loss(batch)
     assert plain.num_tokens == enc.num_supervised - (enc.labels[0] != -100)
     wrapped_pm = build_plugin_manager([mod], entry_points=False)
-    wrapped = SFTModule(recipe, wrapped_pm, build_registry(wrapped_pm), model=model)._loss(batch)
+    wrapped = CausalLMModule(recipe, wrapped_pm, build_registry(wrapped_pm), model=model)._loss(batch)
     assert float(wrapped.loss_sum.detach()) == pytest.approx(float(plain.loss_sum.detach()) + 100.0)
     assert wrapped.metrics == {"wrapped": 1.0}
 

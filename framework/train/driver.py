@@ -18,7 +18,7 @@ from tempering.recipe import Recipe, RecipeError, check_locations, validate_comp
 from tempering.run_dir import prepare_run_dir
 from tempering.tracking import finish_tracking, log_run_end, log_run_start, make_logger
 from tempering.train.checkpoints import GracefulStop, LastCheckpoint, RunInterrupted
-from tempering.train.module import SFTModule
+from tempering.train.module import CausalLMModule
 
 __all__ = ["run_recipe", "trainer_arguments", "build_strategy"]
 
@@ -111,7 +111,7 @@ def _resume_path(recipe: Recipe, output_dir: Path) -> str | None:
     return where
 
 
-def _evaluate(module: SFTModule, dm: ConversationDataModule, recipe: Recipe, tokenizer: Any,
+def _evaluate(module: CausalLMModule, dm: ConversationDataModule, recipe: Recipe, tokenizer: Any,
               registry: Any) -> Any:
     """Held-out answers from the model as it is now, scored by the recipe's metrics."""
     from tempering.generate import GenerationParams, HFGenerator
@@ -151,7 +151,7 @@ def _gathered_state_dict(trainer: pl.Trainer) -> dict[str, Any] | None:
     return {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
 
 
-def _save_final(module: SFTModule, tokenizer: Any, dm: ConversationDataModule, output_dir: Path,
+def _save_final(module: CausalLMModule, tokenizer: Any, dm: ConversationDataModule, output_dir: Path,
                 state_dict: dict[str, Any] | None) -> Path:
     final = output_dir / "final"
     module.model.save_pretrained(final, state_dict=state_dict)
@@ -177,7 +177,7 @@ def _set_stop_tokens(model: Any, tokenizer: Any, dm: ConversationDataModule) -> 
     model.generation_config.eos_token_id = [int(i) for i in ids]
 
 
-def _measure_before(trainer: pl.Trainer, module: SFTModule, dm: ConversationDataModule,
+def _measure_before(trainer: pl.Trainer, module: CausalLMModule, dm: ConversationDataModule,
                     recipe: Recipe, tokenizer: Any, registry: Any, summary: dict[str, Any]) -> None:
     """Validation loss and exact match of the untrained model, for comparison."""
     if _has_validation(recipe):  # Lightning prepares the data and the model for it
@@ -190,7 +190,7 @@ def _measure_before(trainer: pl.Trainer, module: SFTModule, dm: ConversationData
         summary.update({f"{name}_before": v for name, v in before["scores"].items()})
 
 
-def _finish(trainer: pl.Trainer, module: SFTModule, dm: ConversationDataModule, recipe: Recipe,
+def _finish(trainer: pl.Trainer, module: CausalLMModule, dm: ConversationDataModule, recipe: Recipe,
             tokenizer: Any, registry: Any, logger: Any, summary: dict[str, Any],
             output_dir: Path, gathered: dict[str, Any] | None) -> None:
     """Rank 0 after training: held-out generation, final model, summary file and W&B."""
@@ -307,7 +307,7 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     _refuse_unsupported_early(pm, recipe)
     tokenizer = pm.hook.load_tokenizer(config=recipe.model)
     dm = ConversationDataModule(recipe, tokenizer, pm, registry)
-    module = SFTModule(recipe, pm, registry)
+    module = CausalLMModule(recipe, pm, registry)
     logger = make_logger(recipe, output_dir)
     args = trainer_arguments(recipe, output_dir)
     if not _has_validation(recipe):

@@ -29,7 +29,7 @@ from tempering.train.losses import (
 )
 from tempering.train.optim import check_update_precision, decay_groups, no_decay_names
 
-__all__ = ["SFTModule", "lr_lambda"]
+__all__ = ["CausalLMModule", "lr_lambda"]
 
 
 def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -43,7 +43,7 @@ def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: f
     return min_ratio + (1 - min_ratio) * decay
 
 
-class SFTModule(pl.LightningModule):
+class CausalLMModule(pl.LightningModule):
     """Training of a causal LM (the ``policy``) with a pluggable loss, and a frozen teacher
     when the objective needs one.
 
@@ -102,7 +102,7 @@ class SFTModule(pl.LightningModule):
         if impl in (None, "eager", "sdpa"):
             check_logit_parity(teacher)
 
-    def train(self, mode: bool = True) -> SFTModule:
+    def train(self, mode: bool = True) -> CausalLMModule:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # dropout stays off in the teacher

@@ -22,14 +22,12 @@ def test_every_key_is_documented() -> None:
 
 
 @pytest.mark.parametrize("packing", [True, False])
-def test_served_batches_follow_the_contract(tiny_recipe, packing) -> None:
+def test_served_batches_follow_the_contract(tiny_recipe, pm, registry, packing) -> None:
     from tempering.data.datamodule import ConversationDataModule
     from tempering.models import load_fast_tokenizer
-    from tempering.plugin_manager import build_plugin_manager, build_registry
 
     recipe = load_recipe(tiny_recipe, [f"data.packing={str(packing).lower()}"])
-    pm = build_plugin_manager(entry_points=False)
-    dm = ConversationDataModule(recipe, load_fast_tokenizer(recipe.model), pm, build_registry(pm))
+    dm = ConversationDataModule(recipe, load_fast_tokenizer(recipe.model), pm, registry)
     dm.setup("fit")
     layout = "position_ids" if packing else "attention_mask"
     batches = [*dm.train_dataloader(), *dm.val_dataloader()]

@@ -72,10 +72,10 @@ def test_recipe_mistakes_are_one_line_with_the_key_path(raw, overrides, message)
     ("eval.metrics", "[exact_mach]", "eval.metrics[0]: unknown metric 'exact_mach'; did you "
                                      "mean 'exact_match'"),
 ])
-def test_unknown_components_suggest_the_closest_registered_name(key, value, message):
+def test_unknown_components_suggest_the_closest_registered_name(registry, key, value, message):
     recipe = load_recipe(BASE, [f"{key}={value}"])
     with pytest.raises(RecipeError) as err:
-        validate_components(recipe, build_registry(build_plugin_manager()))
+        validate_components(recipe, registry)
     assert str(err.value).startswith(message), str(err.value)
 
 

@@ -146,14 +146,14 @@ def _validate(tiny_recipe, *overrides: str):
     from tempering.models import load_fast_tokenizer as load_tokenizer
     from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.train.driver import trainer_arguments
-    from tempering.train.module import SFTModule
+    from tempering.train.module import CausalLMModule
 
     recipe = load_recipe(tiny_recipe, ["data.packing=false", *overrides])
     pm = build_plugin_manager()
     registry = build_registry(pm)
     dm = ConversationDataModule(recipe, load_tokenizer(recipe.model), pm, registry)
     dm.setup("fit")
-    module = SFTModule(recipe, pm, registry)
+    module = CausalLMModule(recipe, pm, registry)
     module.configure_model()
     args = trainer_arguments(recipe, Path(recipe.train.output_dir))
     trainer = pl.Trainer(logger=False, **{k: v for k, v in args.items() if k != "max_steps"})
@@ -326,7 +326,7 @@ def test_a_model_with_another_attention_kernel_is_checked_on_its_first_step(tiny
 
     from tempering.plugin_manager import build_plugin_manager, build_registry
     from tempering.train.logit_check import UnsupportedModelError
-    from tempering.train.module import SFTModule
+    from tempering.train.module import CausalLMModule
 
     class Shifted(transformers.LlamaForCausalLM):  # logits the chunked loss cannot reproduce
         def forward(self, *args, **kwargs):
@@ -339,7 +339,7 @@ def test_a_model_with_another_attention_kernel_is_checked_on_its_first_step(tiny
     config = transformers.AutoConfig.from_pretrained(TINY_DIR)
     model = Shifted._from_config(config, attn_implementation="tempering_test_kernel")
     pm = build_plugin_manager()
-    module = SFTModule(load_recipe(tiny_recipe), pm, build_registry(pm), model=model)
+    module = CausalLMModule(load_recipe(tiny_recipe), pm, build_registry(pm), model=model)
     ids = torch.arange(1, 9)[None]
     with pytest.raises(UnsupportedModelError, match="Shifted"):
         module._loss({"input_ids": ids, "labels": ids})
