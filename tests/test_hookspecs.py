@@ -194,9 +194,11 @@ def test_register_metrics():
     """)
     registry = build_registry(build_plugin_manager([mod], entry_points=False))
 
+    from tempering.generate import Completion
+
     class Echo:  # a Generator that answers with the user's words
         def generate(self, prompts, params):
-            return [p[-1]["content"] for p in prompts]
+            return [[Completion(p[-1]["content"], 1, "stop")] for p in prompts]
 
     convs = [Conversation([{"role": "user", "content": u}, {"role": "assistant", "content": a}],
                           "x") for u, a in (("The answer is 4", "4"), ("FIVE", "five"),

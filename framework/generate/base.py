@@ -6,31 +6,62 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["GenerationParams", "Generator"]
+__all__ = ["Completion", "GenerationParams", "Generator"]
 
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """How to sample one answer.
+    """How to sample the completions of one prompt.
 
     Attributes:
-        max_new_tokens: the budget per answer.
-        temperature: 0 is greedy decoding.
+        n: completions per prompt.
+        max_new_tokens: the budget per completion.
+        temperature: 0 is greedy decoding (then ``n`` completions are the same one).
         top_p: nucleus sampling mass (with ``temperature > 0``).
-        seed: sampling seed (with ``temperature > 0``), for reproducible samples.
+        top_k: sample from the ``top_k`` most likely tokens (0: all).
+        seed: sampling seed, for reproducible samples (None: the global RNG).
+        stop: strings that end a completion (not included in its text), besides the template's
+            end-of-turn and the model's EOS tokens.
     """
 
+    n: int = 1
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = 0
     seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"n and max_new_tokens must be >= 1, got {self.n}, "
+                             f"{self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("temperature >= 0, 0 < top_p <= 1 and top_k >= 0 are needed, got "
+                             f"{self.temperature}, {self.top_p}, {self.top_k}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer.
+
+    Attributes:
+        text: the answer, without the end-of-turn token or stop string that ended it.
+        num_tokens: tokens generated, the one that ended it included.
+        finish_reason: ``stop`` (an end-of-turn or EOS token, or a stop string) or ``length``
+            (``max_new_tokens`` ran out first).
+    """
+
+    text: str
+    num_tokens: int
+    finish_reason: str
 
 
 @runtime_checkable
 class Generator(Protocol):
     """Answers conversations: each prompt is a list of messages ending before the assistant
     turn to write; the backend renders it with the chat template the model is trained with
-    and returns the answer text (stripped of the end-of-turn marker)."""
+    (generation prompt included) and returns ``params.n`` completions per prompt, in order."""
 
     def generate(self, prompts: Sequence[list[dict[str, Any]]],
-                 params: GenerationParams) -> list[str]: ...
+                 params: GenerationParams) -> list[list[Completion]]: ...

@@ -1,11 +1,16 @@
-"""A :class:`~tempering.generate.Generator` over a transformers model in this process."""
+"""A :class:`~tempering.generate.Generator` over a transformers model in this process.
+
+Prompts are batched and left-padded. For ``n`` completions of a prompt, the prompt is prefilled
+once and its KV cache is repeated for the ``n`` continuations (``generate`` then runs only the
+last prompt token and the new ones), instead of ``num_return_sequences`` prefilling every copy.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from tempering.generate.base import GenerationParams
+from tempering.generate.base import Completion, GenerationParams
 
 __all__ = ["HFGenerator", "stop_token_ids"]
 
@@ -24,49 +29,109 @@ def stop_token_ids(tokenizer: Any, model: Any, encoder: Any,
 
 
 class HFGenerator:
-    """``model.generate`` one prompt at a time, rendered with ``encoder``'s template.
+    """``model.generate`` over batches of prompts, rendered with ``encoder``'s template.
 
     Args:
         model: a causal LM (in eval mode while generating; its mode is restored after).
         tokenizer: its tokenizer.
         encoder: the run's :class:`tempering.ConversationEncoder` (template and its variables).
-        stop_ids: token ids that end an answer (see :func:`stop_token_ids`).
+        stop_ids: token ids that end a completion (see :func:`stop_token_ids`).
+        batch_size: prompts per ``generate`` call (each with its ``n`` completions).
         progress: the progress bar's label (None: no bar).
     """
 
     def __init__(self, model: Any, tokenizer: Any, encoder: Any, stop_ids: list[int],
-                 progress: str | None = "Generating") -> None:
+                 batch_size: int = 8, progress: str | None = "Generating") -> None:
         self.model, self.tokenizer, self.encoder = model, tokenizer, encoder
-        self.stop_ids, self.progress = list(stop_ids), progress
+        self.stop_ids, self.batch_size, self.progress = list(stop_ids), batch_size, progress
 
     def generate(self, prompts: Sequence[list[dict[str, Any]]],
-                 params: GenerationParams) -> list[str]:
+                 params: GenerationParams) -> list[list[Completion]]:
         import torch
         from tqdm.auto import tqdm
 
-        tok, model = self.tokenizer, self.model
-        pad = tok.pad_token_id if tok.pad_token_id is not None else self.stop_ids[0]
-        device = next(model.parameters()).device
-        sample = params.temperature > 0
-        kwargs = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p
-                  } if sample else {"do_sample": False}
-        if sample and params.seed is not None:
-            torch.manual_seed(params.seed)
-        was_training = model.training
-        model.eval()
-        answers = []
+        texts = [self.encoder.render(list(m), add_generation_prompt=True) for m in prompts]
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        was_training = self.model.training
+        self.model.eval()
+        out: list[list[Completion]] = []
+        bar = tqdm(total=len(ids), desc=self.progress, leave=False, disable=self.progress is None)
+        device = next(self.model.parameters()).device
+        devices = [device.index or 0] if device.type == "cuda" else []
         try:
-            with torch.no_grad():
-                for messages in tqdm(prompts, desc=self.progress, leave=False,
-                                     disable=self.progress is None):
-                    text = self.encoder.render(list(messages), add_generation_prompt=True)
-                    ids = tok(text, add_special_tokens=False,
-                              return_tensors="pt")["input_ids"].to(device)
-                    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                         max_new_tokens=params.max_new_tokens,
-                                         eos_token_id=self.stop_ids, pad_token_id=pad,
-                                         use_cache=True, **kwargs)
-                    answers.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                for i in range(0, len(ids), self.batch_size):
+                    out += self._batch(ids[i:i + self.batch_size], params)
+                    bar.update(len(ids[i:i + self.batch_size]))
         finally:
-            model.train(was_training)
-        return answers
+            bar.close()
+            self.model.train(was_training)
+        return out
+
+    def _pad(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else (self.stop_ids or [self.tokenizer.eos_token_id])[0]
+
+    def _batch(self, prompts: list[list[int]], params: GenerationParams) -> list[list[Completion]]:
+        import torch
+
+        device = next(self.model.parameters()).device
+        width, pad = max(len(p) for p in prompts), self._pad()
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+                            device=device)
+        kwargs = self._sampling(params)
+        n = params.n if params.temperature > 0 else 1  # greedy: one completion, repeated
+        if width > 1:
+            kwargs[self._cache_name()] = self._prefill(ids, mask, n)
+        new = self.model.generate(
+            input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
+            max_new_tokens=params.max_new_tokens, pad_token_id=pad,
+            eos_token_id=self.stop_ids or None, use_cache=True, **kwargs)[:, width:]
+        rows = [self._completion(row.tolist(), params) for row in new]
+        return [[rows[j * n + (k if n > 1 else 0)] for k in range(params.n)]
+                for j in range(len(prompts))]
+
+    def _cache_name(self) -> str:
+        """The cache argument's name: ``cache`` (transformers >= 5.24), ``past_key_values``."""
+        import inspect
+
+        return ("cache" if "cache" in inspect.signature(self.model.forward).parameters
+                else "past_key_values")
+
+    def _prefill(self, ids: Any, mask: Any, n: int) -> Any:
+        """The KV cache of every prompt but its last token, repeated ``n`` times."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                   position_ids=positions[:, :-1], use_cache=True, **{self._cache_name(): cache})
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        return cache
+
+    def _sampling(self, params: GenerationParams) -> dict[str, Any]:
+        kwargs: dict[str, Any] = ({"do_sample": True, "temperature": params.temperature,
+                                   "top_p": params.top_p, "top_k": params.top_k}
+                                  if params.temperature > 0 else {"do_sample": False})
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        return kwargs
+
+    def _completion(self, tokens: list[int], params: GenerationParams) -> Completion:
+        stops = set(self.stop_ids)
+        end = next((i for i, t in enumerate(tokens) if t in stops), None)
+        kept = tokens[:end] if end is not None else tokens
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        cut = min((text.find(s) for s in params.stop if s in text), default=-1)
+        if end is not None:
+            return Completion(text[:cut] if cut >= 0 else text, end + 1, "stop")
+        if cut >= 0:  # generation ended on a stop string; the rest of the row is padding
+            pad = self._pad()
+            while tokens and tokens[-1] == pad:
+                tokens = tokens[:-1]
+            return Completion(text[:cut], len(tokens), "stop")
+        return Completion(text, len(tokens), "length")

@@ -23,7 +23,8 @@ def evaluate_answers(generator: Generator, conversations: list[Conversation],
     items = [c for c in conversations if c.messages[-1]["role"] == "assistant"][:limit]
     if not items:
         return {"scores": {m.name: None for m, _ in metrics}, "samples": 0, "examples": []}
-    answers = [a.strip() for a in generator.generate([c.messages[:-1] for c in items], params)]
+    completions = generator.generate([c.messages[:-1] for c in items], params)
+    answers = [c[0].text.strip() for c in completions]
     references = [c.messages[-1]["content"].strip() for c in items]
     scores = {m.name: sum(float(m.score(a, r, **options)) for a, r in
                           zip(answers, references, strict=True)) / len(items)
