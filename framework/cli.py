@@ -178,6 +178,27 @@ def _verbose(args: argparse.Namespace) -> bool:
     return bool(args.verbose or os.environ.get("TEMPERING_DEBUG"))
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise ValueError("tempering serve needs FastAPI and uvicorn: pip install "
+                         "'tempering[serve]'") from None
+    from tempering.generate.server import create_app, load_generator
+
+    path = Path(args.model_dir)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a saved model directory (no config.json)")
+    name = args.name or path.resolve().name
+    generator, count = load_generator(path)
+    print(f"tempering: serving {name!r} at http://{args.host}:{args.port}/v1", file=sys.stderr)
+    uvicorn.run(create_app(generator, name, count_tokens=count), host=args.host, port=args.port,
+                log_level="warning")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from tempering.console import quiet_libraries, run_table
     from tempering.pipeline import run_pipeline
@@ -239,6 +260,13 @@ def _parser() -> argparse.ArgumentParser:
     preview.set_defaults(fn=_cmd_preview)
     recipes = sub.add_parser("recipes", help="list bundled recipes")
     recipes.set_defaults(fn=_cmd_recipes)
+    serve = sub.add_parser("serve", help="an OpenAI-compatible server over a saved model "
+                                         "(needs the `serve` extra)")
+    serve.add_argument("model_dir", help="a saved model directory (a run's final/)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--name", help="the model id requests use (default: the folder name)")
+    serve.set_defaults(fn=_cmd_serve)
     return parser
 
 

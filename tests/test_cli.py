@@ -61,3 +61,11 @@ def test_a_recipe_mistake_is_one_line_without_a_traceback(capsys):
     err = capsys.readouterr().err
     assert err.strip().endswith("optim.lr: expected float, got 'fast'")
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_on_a_folder_without_a_model_is_one_line(tmp_path, capsys) -> None:
+    from tempering.cli import main
+
+    assert main(["serve", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"tempering: error: {tmp_path}: not a saved model directory (no config.json)"

@@ -1,0 +1,175 @@
+"""``tempering serve`` answered through the real ``openai`` client, and the ``openai`` backend:
+same answers as the model in process, OpenAI-style errors, retries, the API key kept secret."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from tempering.chat.encoding import ConversationEncoder
+from tempering.generate import Completion, GenerationParams, HFGenerator
+from tempering.generate.openai_backend import OpenAIGenerator
+from tempering.generate.server import create_app, load_generator
+from tests.conftest import REGISTRY, TINY
+
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+fastapi = pytest.importorskip("fastapi")
+Request = fastapi.Request  # module level: FastAPI resolves the endpoint's annotation here
+
+PROMPTS = [[{"role": "user", "content": "Reverse: ka lo mi"}],
+           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "12 + 30?"}]]
+
+
+@contextmanager
+def serving(app):
+    """``app`` on 127.0.0.1 at a free port, in a thread; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def local(tiny_tokenizer_module):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY)).float().eval()
+    with torch.no_grad():  # larger weights than the initialisation's: varied greedy tokens
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2)
+    encoder = ConversationEncoder(tiny_tokenizer_module, chat_template="chatml",
+                                  registry=REGISTRY)
+    return HFGenerator(model, tiny_tokenizer_module, encoder, stop_ids=[], progress=None)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer_module():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TINY)
+
+
+@pytest.fixture(scope="module")
+def url(local):
+    with serving(create_app(local, "tiny")) as base:
+        yield base
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/chat/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_openai_backend_against_tempering_serve_answers_as_the_local_model(url,
+                                                                              local) -> None:
+    remote = OpenAIGenerator("tiny", url, api_key_env=None)
+    greedy = GenerationParams(n=2, max_new_tokens=10)
+    assert [[c.text for c in cs] for cs in remote.generate(PROMPTS, greedy)] == \
+        [[c.text for c in cs] for cs in local.generate(PROMPTS, greedy)]
+    sampled = GenerationParams(n=3, max_new_tokens=6, temperature=1.2, seed=5)
+    first = remote.generate(PROMPTS, sampled)
+    assert first == remote.generate(PROMPTS, sampled) and [len(c) for c in first] == [3, 3]
+    assert all(c.finish_reason == "length" and c.num_tokens == 6 for cs in first for c in cs)
+    ids = [m.id for m in openai.OpenAI(api_key="x", base_url=url).models.list().data]
+    assert ids == ["tiny"]
+
+
+def test_stop_strings_reach_the_server(url, local) -> None:
+    [[plain]] = local.generate(PROMPTS[:1], GenerationParams(max_new_tokens=8))
+    word = plain.text.split()[1]
+    [[cut]] = OpenAIGenerator("tiny", url, api_key_env=None).generate(
+        PROMPTS[:1], GenerationParams(max_new_tokens=8, stop=(word,)))
+    assert cut.finish_reason == "stop" and cut.text == plain.text[:plain.text.find(word)]
+
+
+@pytest.mark.parametrize(("change", "status", "param"), [
+    ({"n": 0}, 400, "n"),
+    ({"temperature": -1}, 400, "temperature"),
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),
+    ({"stream": True}, 400, "stream"),
+    ({"model": "gpt-9"}, 404, "model"),
+])
+def test_a_bad_request_is_an_openai_style_error(url, change, status, param) -> None:
+    body = {"model": "tiny", "messages": PROMPTS[0], "max_tokens": 2, **change}
+    code, answer = _post(url, body)
+    assert code == status and set(answer) == {"error"}, answer
+    assert answer["error"]["param"] == param and answer["error"]["message"]
+    assert "Traceback" not in json.dumps(answer)
+
+
+def test_the_real_client_raises_its_own_errors(url) -> None:
+    client = openai.OpenAI(api_key="x", base_url=url, max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="n"):
+        client.chat.completions.create(model="tiny", messages=PROMPTS[0], n=0)
+    with pytest.raises(openai.NotFoundError, match="gpt-9"):
+        client.chat.completions.create(model="gpt-9", messages=PROMPTS[0])
+
+
+def _flaky_app(seen: list[dict]):
+    from fastapi.responses import JSONResponse
+
+    app = fastapi.FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        seen.append(dict(request.headers))
+        if len(seen) <= 2:  # busy twice, then fine
+            return JSONResponse({"error": {"message": "slow down"}}, status_code=429,
+                                headers={"retry-after-ms": "10"})
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "ok"}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
+
+    return app
+
+
+def test_busy_endpoints_are_retried_and_the_key_stays_secret(monkeypatch, caplog) -> None:
+    monkeypatch.setenv("MY_SECRET_KEY", "sk-do-not-leak-123")
+    seen: list[dict] = []
+    with serving(_flaky_app(seen)) as base:
+        remote = OpenAIGenerator("m", base, api_key_env="MY_SECRET_KEY", max_retries=3)
+        assert remote.generate(PROMPTS[:1], GenerationParams()) == [[Completion("ok", 2,
+                                                                                "stop")]]
+    assert len(seen) == 3 and all(h["authorization"] == "Bearer sk-do-not-leak-123"
+                                  for h in seen)
+    assert "sk-do-not-leak" not in repr(remote) + str(vars(remote)) + caplog.text
+    monkeypatch.delenv("MY_SECRET_KEY")
+    with pytest.raises(ValueError, match="^the API key variable MY_SECRET_KEY is not set$"):
+        OpenAIGenerator("m", base, api_key_env="MY_SECRET_KEY")
+
+
+def test_serve_loads_a_saved_run_model(tmp_path, local) -> None:
+    local.model.save_pretrained(tmp_path / "final")
+    tok = local.tokenizer
+    tok.chat_template = local.encoder.template.jinja
+    tok.save_pretrained(tmp_path / "final")
+    (tmp_path / "final" / "chat_template_kwargs.json").write_text("{}")
+    generator, count = load_generator(tmp_path / "final")
+    params = GenerationParams(max_new_tokens=6)
+    assert [c[0].text for c in generator.generate(PROMPTS, params)] == \
+        [c[0].text for c in local.generate(PROMPTS, params)]
+    assert count(PROMPTS[0]) > 5
