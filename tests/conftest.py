@@ -43,6 +43,21 @@ class _Registry:
 REGISTRY = _Registry()
 
 
+def lively_tiny_model():
+    """The bundled tiny Llama with weights larger than its initialisation's, so that greedy
+    decoding gives varied tokens (float32, eval mode, seeded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY)).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2)
+    return model
+
+
 def to_messages(record, fmt="auto", **kwargs):
     """``tempering.data.records.to_messages`` with the built-in record formats."""
     from tempering.data.records import to_messages as convert

@@ -8,7 +8,7 @@ import torch
 
 from tempering.chat.encoding import ConversationEncoder
 from tempering.generate import Completion, GenerationParams, HFGenerator
-from tests.conftest import REGISTRY, TINY
+from tests.conftest import REGISTRY, lively_tiny_model
 
 PROMPTS = [[{"role": "user", "content": "Reverse: ka lo mi"}],
            [{"role": "system", "content": "Be brief."},
@@ -18,15 +18,7 @@ PROMPTS = [[{"role": "user", "content": "Reverse: ka lo mi"}],
 
 @pytest.fixture(scope="module")
 def model():
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY)).float().eval()
-    with torch.no_grad():  # larger weights than the initialisation's: varied greedy tokens
-        for p in m.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.2)
-    return m
+    return lively_tiny_model()
 
 
 @pytest.fixture()

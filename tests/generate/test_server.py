@@ -11,13 +11,12 @@ import urllib.request
 from contextlib import contextmanager
 
 import pytest
-import torch
 
 from tempering.chat.encoding import ConversationEncoder
 from tempering.generate import Completion, GenerationParams, HFGenerator
 from tempering.generate.openai_backend import OpenAIGenerator
 from tempering.generate.server import create_app, load_generator
-from tests.conftest import REGISTRY, TINY
+from tests.conftest import REGISTRY, TINY, lively_tiny_model
 
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
@@ -46,14 +45,7 @@ def serving(app):
 
 @pytest.fixture(scope="module")
 def local(tiny_tokenizer_module):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY)).float().eval()
-    with torch.no_grad():  # larger weights than the initialisation's: varied greedy tokens
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.2)
+    model = lively_tiny_model()
     encoder = ConversationEncoder(tiny_tokenizer_module, chat_template="chatml",
                                   registry=REGISTRY)
     return HFGenerator(model, tiny_tokenizer_module, encoder, stop_ids=[], progress=None)
