@@ -16,6 +16,7 @@ from typing import Any
 
 from tempering.components import (
     ChatTemplate,
+    GeneratorBackend,
     MaskingStrategy,
     Metric,
     Objective,
@@ -59,11 +60,16 @@ _LAZY = {
     "run_pipeline": "tempering.pipeline",
     "Generator": "tempering.generate",
     "GenerationParams": "tempering.generate",
+    "GenerationContext": "tempering.generate",
+    "Completion": "tempering.generate",
+    "HFGenerator": "tempering.generate",
+    "OpenAIGenerator": "tempering.generate.openai_backend",
 }
 
 __all__ = [
     "__version__",
     "ChatTemplate",
+    "GeneratorBackend",
     "MaskingStrategy",
     "Metric",
     "Objective",

@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ChatTemplate", "ComponentKind", "KINDS", "MaskingStrategy", "Metric", "Objective",
+__all__ = ["ChatTemplate", "ComponentKind", "GeneratorBackend", "KINDS", "MaskingStrategy",
+           "Metric", "Objective",
            "OverflowPolicy", "RecordFormat"]
 
 
@@ -115,6 +116,23 @@ class OverflowPolicy:
 
 
 @dataclass(frozen=True)
+class GeneratorBackend:
+    """A generation backend (``eval.generator: transformers``).
+
+    Attributes:
+        name: the name recipes use.
+        build: ``build(context, **options) -> Generator``; ``context`` gives the run's
+            ``model`` (None where the backend loads or reaches its own), ``tokenizer``,
+            ``encoder`` (the chat template) and ``stop_ids``.
+        description: one line for ``tempering plugins``.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Metric:
     """A score of a generated answer against the reference (``eval.metrics``).
 
@@ -195,6 +213,8 @@ KINDS: tuple[ComponentKind, ...] = (
                   options_of=lambda c: c.fit, positional=4),
     ComponentKind("objective", "register_objectives", Objective, ("objective",),
                   "losses per supervised token", options_of=lambda c: c.per_token, positional=3),
+    ComponentKind("generator", "register_generators", GeneratorBackend, ("eval.generator",),
+                  "generation backends", options_of=lambda c: c.build, positional=1),
     ComponentKind("metric", "register_metrics", Metric, ("eval.metrics[]",),
                   "scores of generated answers against references",
                   options_of=lambda c: c.score, positional=2),

@@ -33,6 +33,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tempering.plugins.record_formats",
     "tempering.plugins.overflow",
     "tempering.plugins.metrics",
+    "tempering.plugins.generators",
     "tempering.plugins.loss",
     "tempering.plugins.models",
     "tempering.plugins.callbacks",

@@ -209,6 +209,42 @@ def test_register_metrics():
     assert got["scores"] == {"contains": 1.0, "exact_match": 1 / 3} and got["samples"] == 3
 
 
+def test_register_generators(tiny_recipe, monkeypatch):
+    from tempering.recipe import RecipeError, load_recipe, validate_components
+    from tempering.train.driver import run_recipe
+
+    mod = _module("canned_backend", """
+        from tempering import Completion, GeneratorBackend, hookimpl
+        CALLS = []
+        class Canned:
+            def __init__(self, answer):
+                self.answer = answer
+            def generate(self, prompts, params):
+                CALLS.append((len(prompts), params.max_new_tokens))
+                return [[Completion(self.answer, 1, "stop")] * params.n for _ in prompts]
+        def canned(context, answer="?"):
+            assert context.model is not None and context.stop_ids
+            return Canned(answer)
+        @hookimpl
+        def register_generators():
+            return [GeneratorBackend("canned", canned)]
+    """)
+    monkeypatch.setitem(sys.modules, "canned_backend", mod)
+    tiny_recipe.update(plugins=["canned_backend"])
+    tiny_recipe["eval"].update(generate_samples=3, generator={"name": "canned", "answer": "no"})
+    tiny_recipe["train"]["save_final"] = False
+    summary = run_recipe(load_recipe(tiny_recipe))
+    assert mod.CALLS == [(3, 64)] and summary["exact_match"] == 0.0
+    assert [e["answer"] for e in summary["eval_examples"]] == ["no"] * 3
+    registry = build_registry(build_plugin_manager(entry_points=False))
+    assert {"transformers", "openai"} <= set(registry.names("generator"))
+    with pytest.raises(RecipeError, match=r"^eval\.generator\.batch_sise: not an option of "
+                                          r"generator 'transformers'; did you mean 'batch_size'"):
+        validate_components(load_recipe({"data": {"train": [{"path": "x.jsonl"}]},
+                                         "eval": {"generator": {"name": "transformers",
+                                                                "batch_sise": 2}}}), registry)
+
+
 def test_register_objectives():
     mod = _module("obj_plugin", """
         from tempering import Objective, hookimpl

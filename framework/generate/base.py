@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Completion", "GenerationParams", "Generator"]
+__all__ = ["Completion", "GenerationContext", "GenerationParams", "Generator"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,20 @@ class Generator(Protocol):
 
     def generate(self, prompts: Sequence[list[dict[str, Any]]],
                  params: GenerationParams) -> list[list[Completion]]: ...
+
+
+@dataclass(frozen=True)
+class GenerationContext:
+    """What a generation backend is built from (``GeneratorBackend.build``).
+
+    Attributes:
+        model: the run's model where one is loaded in this process (None otherwise).
+        tokenizer: the run's tokenizer.
+        encoder: the run's :class:`tempering.ConversationEncoder` (template and variables).
+        stop_ids: the token ids that end an answer (the trained end-of-turn and EOS).
+    """
+
+    model: Any
+    tokenizer: Any
+    encoder: Any
+    stop_ids: tuple[int, ...] = ()

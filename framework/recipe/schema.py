@@ -141,6 +141,10 @@ class EvalConfig(_NamesComponents):
         "summary reports each as `<name>` and `<name>_before`.",
         factory=lambda: [ComponentConfig("exact_match")])
     max_new_tokens: int = doc("Generation budget per answer.", 64, minimum=1)
+    generator: ComponentConfig = component(
+        "transformers", "Registered generation backend for the held-out answers (options go "
+        "to its `build`: `batch_size` for transformers; `model`, `base_url`, `api_key_env`, ... "
+        "for openai).")
     before_training: bool = doc("Also measure before training, for comparison.", True)
 
 

@@ -114,7 +114,7 @@ def _resume_path(recipe: Recipe, output_dir: Path) -> str | None:
 def _evaluate(module: CausalLMModule, dm: ConversationDataModule, recipe: Recipe, tokenizer: Any,
               registry: Any) -> Any:
     """Held-out answers from the model as it is now, scored by the recipe's metrics."""
-    from tempering.generate import GenerationParams, HFGenerator
+    from tempering.generate import GenerationContext, GenerationParams, HFGenerator
     from tempering.generate.hf import stop_token_ids
     from tempering.train.evaluation import evaluate_answers
 
@@ -126,8 +126,11 @@ def _evaluate(module: CausalLMModule, dm: ConversationDataModule, recipe: Recipe
     if sample is None:
         return None
     stops = stop_token_ids(tokenizer, module.model, dm.encoder, sample)
-    generator = HFGenerator(module.model, tokenizer, dm.encoder, stops,
-                            progress="Generating held-out answers")
+    backend = registry.get("generator", recipe.eval.generator.name)
+    generator = backend.build(GenerationContext(module.model, tokenizer, dm.encoder, tuple(stops)),
+                              **recipe.eval.generator.options)
+    if isinstance(generator, HFGenerator):
+        generator.progress = "Generating held-out answers"
     metrics = [(registry.get("metric", m.name), m.options) for m in recipe.eval.metrics]
     return evaluate_answers(generator, dm.val_conversations, metrics,
                             params=GenerationParams(max_new_tokens=recipe.eval.max_new_tokens),

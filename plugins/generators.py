@@ -1,0 +1,43 @@
+"""Built-in generation backends: ``transformers`` (the run's model, in process) and ``openai``
+(any OpenAI-compatible endpoint: a vLLM server, ``tempering serve``, a hosted API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tempering import GeneratorBackend, hookimpl
+
+__all__ = ["register_generators"]
+
+
+def transformers(context: Any, batch_size: int = 8) -> Any:
+    """Batched ``model.generate`` with a shared prompt prefill for N samples."""
+    from tempering import HFGenerator
+
+    if context.model is None:
+        raise ValueError("the transformers backend generates with the run's model; none is "
+                         "loaded here")
+    return HFGenerator(context.model, context.tokenizer, context.encoder,
+                       list(context.stop_ids), batch_size=batch_size)
+
+
+def openai(context: Any, model: str, base_url: str | None = None,
+           api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = 8,
+           max_retries: int = 5, timeout: float = 120.0) -> Any:
+    """Chat completions from ``model`` at ``base_url`` (the endpoint applies its own template)."""
+    from tempering import OpenAIGenerator
+
+    tok = context.tokenizer
+    count = (lambda text: len(tok(text, add_special_tokens=False)["input_ids"])) if tok else None
+    return OpenAIGenerator(model, base_url, api_key_env, concurrency=concurrency,
+                           max_retries=max_retries, timeout=timeout, count_tokens=count)
+
+
+@hookimpl
+def register_generators() -> list[GeneratorBackend]:
+    return [
+        GeneratorBackend("transformers", transformers, "the run's model in this process, "
+                         "batched, prompt prefilled once for N samples"),
+        GeneratorBackend("openai", openai, "an OpenAI-compatible endpoint through the official "
+                         "client (extra `openai`)"),
+    ]
