@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["ChatTemplate", "ComponentKind", "GeneratorBackend", "KINDS", "MaskingStrategy",
-           "Metric", "Objective",
-           "OverflowPolicy", "RecordFormat"]
+           "Metric", "Objective", "OverflowPolicy", "RecordFormat"]
 
 
 @dataclass(frozen=True)

@@ -34,15 +34,14 @@ class BadRecordError(ValueError):
 def detect_format(record: dict[str, Any], registry: Any) -> str:
     """The first registered record format (in registration order) whose ``detect`` accepts
     the record's keys."""
-    for name in registry.components["record_format"]:
-        fmt = registry.components["record_format"][name]
-        if fmt.detect is not None and fmt.detect(record):
+    detectable = {n: f for n, f in registry.components["record_format"].items() if f.detect}
+    for name, fmt in detectable.items():
+        if fmt.detect(record):
             return name
     raise BadRecordError(
         "missing_field",
         f"cannot tell the record's format from its keys {sorted(record)}; the detectable "
-        f"formats are {', '.join(n for n, f in registry.components['record_format'].items() if f.detect)}"
-        " (or set the source's format)",
+        f"formats are {', '.join(detectable)} (or set the source's format)",
     )
 
 

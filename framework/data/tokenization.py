@@ -31,7 +31,7 @@ def encode_one(encoder: ConversationEncoder, messages: list[dict[str, Any]], max
                 return _bad("too_long", f"{len(enc.input_ids)} tokens > max_length {max_length}")
             if len(fitted.input_ids) > max_length:
                 raise RuntimeError(f"overflow policy {overflow.name!r} returned "
-                                 f"{len(fitted.input_ids)} tokens for max_length {max_length}")
+                                   f"{len(fitted.input_ids)} tokens for max_length {max_length}")
             enc = fitted
         if enc.num_supervised == 0:
             return _bad("no_supervised_tokens", "no token is trained")

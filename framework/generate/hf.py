@@ -28,6 +28,13 @@ def stop_token_ids(tokenizer: Any, model: Any, encoder: Any,
     return sorted(ids)
 
 
+def _cache_name(model: Any) -> str:
+    """The cache argument's name: ``cache`` (transformers >= 5.24), ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class HFGenerator:
     """``model.generate`` over batches of prompts, rendered with ``encoder``'s template.
 
@@ -44,6 +51,7 @@ class HFGenerator:
                  batch_size: int = 8, progress: str | None = "Generating") -> None:
         self.model, self.tokenizer, self.encoder = model, tokenizer, encoder
         self.stop_ids, self.batch_size, self.progress = list(stop_ids), batch_size, progress
+        self._cache_arg = _cache_name(model)
 
     def generate(self, prompts: Sequence[list[dict[str, Any]]],
                  params: GenerationParams) -> list[list[Completion]]:
@@ -85,7 +93,7 @@ class HFGenerator:
         kwargs = self._sampling(params)
         n = params.n if params.temperature > 0 else 1  # greedy: one completion, repeated
         if width > 1:
-            kwargs[self._cache_name()] = self._prefill(ids, mask, n)
+            kwargs[self._cache_arg] = self._prefill(ids, mask, n)
         new = self.model.generate(
             input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
             max_new_tokens=params.max_new_tokens, pad_token_id=pad,
@@ -94,13 +102,6 @@ class HFGenerator:
         return [[rows[j * n + (k if n > 1 else 0)] for k in range(params.n)]
                 for j in range(len(prompts))]
 
-    def _cache_name(self) -> str:
-        """The cache argument's name: ``cache`` (transformers >= 5.24), ``past_key_values``."""
-        import inspect
-
-        return ("cache" if "cache" in inspect.signature(self.model.forward).parameters
-                else "past_key_values")
-
     def _prefill(self, ids: Any, mask: Any, n: int) -> Any:
         """The KV cache of every prompt but its last token, repeated ``n`` times."""
         from transformers import DynamicCache
@@ -108,7 +109,7 @@ class HFGenerator:
         cache = DynamicCache()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
-                   position_ids=positions[:, :-1], use_cache=True, **{self._cache_name(): cache})
+                   position_ids=positions[:, :-1], use_cache=True, **{self._cache_arg: cache})
         if n > 1:
             cache.batch_repeat_interleave(n)
         return cache

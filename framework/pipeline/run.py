@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tempering.recipe import Recipe, RecipeError, TrainStage, stages_of
+from tempering.recipe import Recipe, RecipeError, TrainStage, stages_of, validate_components
 
 __all__ = ["STAGE_RUNNERS", "run_pipeline", "stage_recipe"]
 
@@ -36,11 +36,10 @@ STAGE_RUNNERS: dict[str, Callable[[Recipe, list[Any] | None], dict[str, Any]]] =
 
 
 def stage_recipe(recipe: Recipe, stage: TrainStage, **changes: Any) -> Recipe:
-    """The recipe one stage runs with: the shared sections, the stage's own, nothing else."""
-    keys = [f.name for f in dataclasses.fields(TrainStage)]
-    view = dataclasses.replace(recipe, **{**{k: getattr(stage, k) for k in keys}, **changes,
-                                          "rounds": 1})
-    return dataclasses.replace(view, stages=[TrainStage(**{k: getattr(view, k) for k in keys})])
+    """The recipe one stage runs with: the shared sections and the stage's own, in the
+    one-stage layout (no ``stages``, one round)."""
+    own = {f.name: getattr(stage, f.name) for f in dataclasses.fields(TrainStage)}
+    return dataclasses.replace(recipe, **{**own, **changes, "stages": [], "rounds": 1})
 
 
 _STAGE_RECIPE = "stage_recipe.json"
@@ -53,8 +52,6 @@ def _comparable(view: Recipe) -> Any:
     data = json.loads(json.dumps(to_dict(view), default=str))
     for key in ("resume_from", "overwrite"):
         data["train"].pop(key, None)
-        for stage in data["stages"]:
-            stage["train"].pop(key, None)
     return data
 
 
@@ -88,9 +85,13 @@ def _check_handoff(recipe: Recipe, stages: list[TrainStage]) -> None:
 def run_pipeline(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run every stage of every round; returns the last stage's summary with ``stages``, the
     summaries of all of them (also written to ``pipeline.json`` in the run directory)."""
-    stages = stages_of(recipe)
     if not recipe.stages and recipe.rounds == 1:  # one training run, as it always was
         return STAGE_RUNNERS["train"](recipe, callbacks)
+    from tempering.plugin_manager import build_plugin_manager, build_registry
+
+    # Every stage's components are checked before the first one runs, named by their stage.
+    validate_components(recipe, build_registry(build_plugin_manager(recipe.plugins)))
+    stages = stages_of(recipe)
     _check_handoff(recipe, stages)
     base = Path(stages[0].train.output_dir.format(name=recipe.name))
     model, done = recipe.model, []

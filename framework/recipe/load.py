@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from tempering.components import KINDS
 from tempering.plugin_manager import closest
 from tempering.recipe.schema import (
     ComponentConfig,
@@ -85,12 +86,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return parsed
 
 
-def _component_keys() -> set[str]:
-    """Recipe keys that pick a component: ``masking: x`` with ``masking.n=3`` becomes
-    ``{name: x, n: 3}``."""
-    from tempering.components import KINDS
-
-    return {key for kind in KINDS for key in kind.recipe_keys}
+# Recipe keys that pick a component: `masking: x` with `masking.n=3` becomes {name: x, n: 3}.
+_COMPONENT_KEYS = frozenset(key for kind in KINDS for key in kind.recipe_keys)
 
 
 def _key_pattern(parts: list[str]) -> str:
@@ -121,7 +118,7 @@ def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
             else:
                 if node.get(part) is None:
                     node[part] = {}
-                elif isinstance(node[part], str) and _key_pattern(parts[:depth + 1]) in _component_keys():
+                elif isinstance(node[part], str) and _key_pattern(parts[:depth + 1]) in _COMPONENT_KEYS:
                     node[part] = {"name": node[part]}  # `masking: x` + `masking.n=3`
                 node = node[part]
         else:
@@ -361,8 +358,6 @@ def validate_components(recipe: Recipe, registry: Any) -> None:
     """Every component the recipe names is registered and takes the options given (kinds and
     their keys from the KINDS table), in every stage; errors name the key path and the
     closest valid names."""
-    from tempering.components import KINDS
-
     for kind in KINDS:
         for key in kind.recipe_keys:
             section = key.split(".")[0].removesuffix("[]")

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from tempering.train.module import is_window_end
 from tempering.train.optim import grad_norm
 
 __all__ = ["PerfLogger"]
@@ -28,8 +29,7 @@ class PerfLogger(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        accumulate, last = trainer.accumulate_grad_batches, trainer.num_training_batches
-        if not ((batch_idx + 1) % accumulate == 0 or batch_idx + 1 == last):
+        if not is_window_end(trainer, batch_idx):
             return
         elapsed = time.perf_counter() - (self._started or time.perf_counter())
         self._started = None

@@ -29,7 +29,19 @@ from tempering.train.losses import (
 )
 from tempering.train.optim import check_update_precision, decay_groups, no_decay_names
 
-__all__ = ["CausalLMModule", "lr_lambda"]
+__all__ = ["CausalLMModule", "is_window_end", "lr_lambda"]
+
+
+def is_window_end(trainer: Any, batch_idx: int) -> bool:
+    """Whether micro-batch ``batch_idx`` ends an accumulation window (an optimizer step)."""
+    accumulate = trainer.accumulate_grad_batches
+    return (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == trainer.num_training_batches
+
+
+def _checkable_now(model: Any) -> bool:
+    """The parity check runs a short forward where the model is now (the CPU, as loaded),
+    which eager and sdpa attention can do; other kernels (flash attention) cannot."""
+    return getattr(model.config, "_attn_implementation", None) in (None, "eager", "sdpa")
 
 
 def lr_lambda(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -98,8 +110,7 @@ class CausalLMModule(pl.LightningModule):
 
         teacher.requires_grad_(False)
         self.teacher = teacher.eval()
-        impl = getattr(teacher.config, "_attn_implementation", None)
-        if impl in (None, "eager", "sdpa"):
+        if _checkable_now(teacher):
             check_logit_parity(teacher)
 
     def train(self, mode: bool = True) -> CausalLMModule:
@@ -124,11 +135,8 @@ class CausalLMModule(pl.LightningModule):
         from tempering.train.logit_check import check_logit_parity
         from tempering.train.optim import clean_name
 
-        # The check runs a short forward where the model is now (the CPU, as loaded), which
-        # eager and sdpa attention can do; other kernels (flash attention) wait for the first
-        # step, on the device.
-        impl = getattr(self.model.config, "_attn_implementation", None)
-        self._parity_pending = impl not in (None, "eager", "sdpa")
+        # Kernels that cannot run here (flash attention) are checked on the first step.
+        self._parity_pending = not _checkable_now(self.model)
         if not self._parity_pending:
             check_logit_parity(self.model)
         self._param_names = {clean_name(n) for n, _ in self.model.named_parameters()}
@@ -156,7 +164,7 @@ class CausalLMModule(pl.LightningModule):
             self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._is_window_end(batch_idx):  # after backward and the optimizer step
+        if is_window_end(self.trainer, batch_idx):  # after backward and the optimizer step
             self._log_window(batch)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -172,11 +180,6 @@ class CausalLMModule(pl.LightningModule):
             **{f"train/{k}": v for k, v in out.metrics.items()},
         }, on_step=True, on_epoch=False, batch_size=1)
         return loss
-
-    def _is_window_end(self, batch_idx: int) -> bool:
-        accumulate = self.trainer.accumulate_grad_batches
-        last = self.trainer.num_training_batches
-        return (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == last
 
     def _log_window(self, batch: Batch) -> None:
         loss = torch.as_tensor(self._window_loss, device=self.device, dtype=torch.float32)
