@@ -22,6 +22,8 @@ from tempering.components import (
     Objective,
     OverflowPolicy,
     RecordFormat,
+    SampleFilter,
+    Scorer,
 )
 from tempering.hookspecs import hookimpl, hookspec
 
@@ -64,6 +66,11 @@ _LAZY = {
     "Completion": "tempering.generate",
     "HFGenerator": "tempering.generate",
     "OpenAIGenerator": "tempering.generate.openai_backend",
+    "VLLMGenerator": "tempering.generate.vllm_backend",
+    "RewardModel": "tempering.generate.reward",
+    "SandboxLimits": "tempering.generate.sandbox",
+    "SandboxResult": "tempering.generate.sandbox",
+    "run_python_tests": "tempering.generate.sandbox",
 }
 
 __all__ = [
@@ -75,6 +82,8 @@ __all__ = [
     "Objective",
     "OverflowPolicy",
     "RecordFormat",
+    "SampleFilter",
+    "Scorer",
     "hookimpl",
     "hookspec",
     *_LAZY,

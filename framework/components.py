@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["ChatTemplate", "ComponentKind", "GeneratorBackend", "KINDS", "MaskingStrategy",
-           "Metric", "Objective", "OverflowPolicy", "RecordFormat"]
+           "Metric", "Objective", "OverflowPolicy", "RecordFormat", "SampleFilter", "Scorer"]
 
 
 @dataclass(frozen=True)
@@ -121,13 +121,53 @@ class GeneratorBackend:
     Attributes:
         name: the name recipes use.
         build: ``build(context, **options) -> Generator``; ``context`` gives the run's
-            ``model`` (None where the backend loads or reaches its own), ``tokenizer``,
-            ``encoder`` (the chat template) and ``stop_ids``.
+            ``model`` (None where the backend loads or reaches its own), its ``model_path``,
+            ``tokenizer``, ``encoder`` (the chat template) and ``stop_ids``.
+        in_process: the backend generates with a model loaded in this process (``context.model``;
+            a stage loads it for the backend); False for one that loads its own (vLLM) or
+            reaches a server.
         description: one line for ``tempering plugins``.
     """
 
     name: str
     build: Callable[..., Any]
+    in_process: bool = True
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """Scores generated samples (``score.scorers``), for filters and pass@N.
+
+    Attributes:
+        name: the name recipes use; a sample keeps its score under this name.
+        score: ``score(prompts, completions, references, **options) -> list[float]``: one score
+            per sample; ``prompts`` are message lists, ``completions`` the generated texts,
+            ``references`` the prompt records' reference answers (None where there is none).
+            Called once per chunk of samples, so a scorer that loads a model loads it per
+            chunk unless it caches it.
+        description: one line for ``tempering plugins``.
+    """
+
+    name: str
+    score: Callable[..., list[float]]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SampleFilter:
+    """Keeps or drops generated samples, seeing the whole candidate pool (``filter.filters``).
+
+    Attributes:
+        name: the name recipes use; a dropped sample records it as ``filtered_by``.
+        keep: ``keep(pool, **options) -> list[bool]``, one flag per sample of ``pool`` (the
+            samples the previous filters kept, in order): dicts with ``prompt_id``, ``text``,
+            ``score``, ``scores``, ``num_tokens`` and ``finish_reason``.
+        description: one line for ``tempering plugins``.
+    """
+
+    name: str
+    keep: Callable[..., list[bool]]
     description: str = ""
 
 
@@ -199,7 +239,8 @@ def names_a_template(value: str) -> bool:
 
 KINDS: tuple[ComponentKind, ...] = (
     ComponentKind("record_format", "register_record_formats", RecordFormat,
-                  ("data.train[].format", "data.validation[].format"),
+                  ("data.train[].format", "data.validation[].format",
+                   "generate.prompts[].format", "eval.prompts[].format"),
                   "how data records become conversations", lambda value: value != "auto",
                   options_of=lambda c: c.convert, positional=1),
     ComponentKind("chat_template", "register_chat_templates", ChatTemplate, ("chat_template",),
@@ -212,9 +253,16 @@ KINDS: tuple[ComponentKind, ...] = (
                   options_of=lambda c: c.fit, positional=4),
     ComponentKind("objective", "register_objectives", Objective, ("objective",),
                   "losses per supervised token", options_of=lambda c: c.per_token, positional=3),
-    ComponentKind("generator", "register_generators", GeneratorBackend, ("eval.generator",),
-                  "generation backends", options_of=lambda c: c.build, positional=1),
+    ComponentKind("generator", "register_generators", GeneratorBackend,
+                  ("eval.generator", "generate.generator"), "generation backends",
+                  options_of=lambda c: c.build, positional=1),
     ComponentKind("metric", "register_metrics", Metric, ("eval.metrics[]",),
                   "scores of generated answers against references",
                   options_of=lambda c: c.score, positional=2),
+    ComponentKind("scorer", "register_scorers", Scorer, ("score.scorers[]",),
+                  "scores of generated samples (verifiers, reward models)",
+                  options_of=lambda c: c.score, positional=3),
+    ComponentKind("sample_filter", "register_sample_filters", SampleFilter, ("filter.filters[]",),
+                  "which generated samples are kept, seeing the whole pool",
+                  options_of=lambda c: c.keep, positional=1),
 )

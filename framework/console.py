@@ -19,7 +19,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 
-__all__ = ["StepProgressBar", "quiet_libraries", "run_table"]
+__all__ = ["StepProgressBar", "pipeline_table", "quiet_libraries", "rounds_markdown", "run_table"]
 
 
 def quiet_libraries() -> None:
@@ -145,9 +145,50 @@ def _wandb_line(s: dict[str, Any]) -> str:
     return "off"
 
 
+_ROUND_COLUMNS = ("pass@1", "pass@N", "yield", "kept", "mean_score", "max_score")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def rounds_markdown(table: list[dict[str, Any]]) -> str:
+    """The per-round table as markdown."""
+    header = ["round", "stage", *_ROUND_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(row.get(k)) for k in header) + " |" for row in table]
+    return "\n".join(lines) + "\n"
+
+
+def _stage_line(entry: dict[str, Any]) -> str:
+    keys = {"train": ("global_step", "val_loss"), "generate": ("prompts", "num_samples"),
+            "score": ("num_samples", "mean_score"), "filter": ("candidates", "kept", "yield"),
+            "eval": ("pass@1", "pass@N")}[entry["kind"]]
+    shown = ", ".join(f"{k} {entry[k]:.3f}" if isinstance(entry.get(k), float) else
+                      f"{k} {entry.get(k)}" for k in keys if entry.get(k) is not None)
+    return f"round-{entry['round']}/{entry['stage']}-{entry['id']:<12} {shown}"
+
+
+def pipeline_table(summary: dict[str, Any]) -> str:
+    """How a multi-stage run went: a line per stage, the per-round table, where things are."""
+    s = summary
+    lines = [f"=== {s['recipe']}: {len(s['stages'])} stages ==="]
+    lines += [_stage_line(e) for e in s["stages"]]
+    if s.get("rounds"):
+        lines += ["", rounds_markdown(s["rounds"]).rstrip()]
+    lines += [f"model    {s.get('final_model') or 'none trained'}",
+              f"summary  {os.path.join(s['output_dir'], 'summary.json')} (stages in "
+              "pipeline.json, rounds in rounds.md)"]
+    return "\n".join(lines)
+
+
 def run_table(summary: dict[str, Any]) -> str:
     """A few lines that say how a finished run went and where its outputs are."""
     s = summary
+    if "stages" in s:
+        return pipeline_table(s)
     lines = [f"=== {s.get('recipe', 'run')}: {s.get('global_step', 0)} steps in "
              f"{_duration(s.get('train_seconds', 0.0))} ==="]
     rows = _held_out_rows(s) if s.get("val_conversations") else []

@@ -34,6 +34,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tempering.plugins.overflow",
     "tempering.plugins.metrics",
     "tempering.plugins.generators",
+    "tempering.plugins.scorers",
+    "tempering.plugins.sample_filters",
     "tempering.plugins.loss",
     "tempering.plugins.models",
     "tempering.plugins.callbacks",

@@ -1,5 +1,6 @@
-"""Built-in generation backends: ``transformers`` (the run's model, in process) and ``openai``
-(any OpenAI-compatible endpoint: a vLLM server, ``tempering serve``, a hosted API)."""
+"""Built-in generation backends: ``transformers`` (the run's model, in process), ``vllm`` (the
+run's model loaded by vLLM on GPUs) and ``openai`` (any OpenAI-compatible endpoint: a vLLM
+server, ``tempering serve``, a hosted API)."""
 
 from __future__ import annotations
 
@@ -33,11 +34,27 @@ def openai(context: Any, model: str, base_url: str | None = None,
                            max_retries=max_retries, timeout=timeout, count_tokens=count)
 
 
+def vllm(context: Any, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
+         max_model_len: int | None = None, dtype: str = "auto", seed: int = 0) -> Any:
+    """vLLM's engine over the run's model (extra `vllm`, a CUDA GPU)."""
+    from tempering import VLLMGenerator
+
+    if not context.model_path:
+        raise ValueError("the vllm backend loads the run's model from its folder; none is given")
+    return VLLMGenerator(context.model_path, context.tokenizer, context.encoder,
+                         list(context.stop_ids), tensor_parallel_size=tensor_parallel_size,
+                         gpu_memory_utilization=gpu_memory_utilization,
+                         max_model_len=max_model_len, dtype=dtype, seed=seed)
+
+
 @hookimpl
 def register_generators() -> list[GeneratorBackend]:
     return [
-        GeneratorBackend("transformers", transformers, "the run's model in this process, "
-                         "batched, prompt prefilled once for N samples"),
-        GeneratorBackend("openai", openai, "an OpenAI-compatible endpoint through the official "
-                         "client (extra `openai`)"),
+        GeneratorBackend("transformers", transformers, description="the run's model in this "
+                         "process, batched, prompt prefilled once for N samples"),
+        GeneratorBackend("vllm", vllm, in_process=False,
+                         description="vLLM on GPUs, the run's model and template (extra `vllm`)"),
+        GeneratorBackend("openai", openai, in_process=False,
+                         description="an OpenAI-compatible endpoint through the official client "
+                         "(extra `openai`)"),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -535,3 +536,65 @@ def test_a_plugin_installed_as_a_package_is_found_through_its_entry_point(tmp_pa
     assert listing.returncode == 0, listing.stderr
     demo = [line for line in listing.stdout.splitlines() if line.strip().startswith("demo ")]
     assert demo and "installed demo" in demo[0] and " demo " in demo[0]
+
+
+def test_register_scorers(tiny_recipe):
+    from tempering.pipeline.score import score_records
+    from tempering.recipe import RecipeError, load_recipe, validate_components
+
+    mod = _module("digit_scorer", """
+        from tempering import Scorer, hookimpl
+        def has_digit(prompts, completions, references, bonus=0.0):
+            return [float(any(ch.isdigit() for ch in c)) + bonus for c in completions]
+        @hookimpl
+        def register_scorers():
+            return [Scorer("has_digit", has_digit)]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+    stages = [{"kind": "generate", "generate": {"prompts": tiny_recipe["data"]["train"]}},
+              {"kind": "score"}]
+    recipe = load_recipe({**tiny_recipe, "stages": stages,
+                          "score": {"scorers": ["exact_match", {"name": "has_digit",
+                                                                "bonus": 0.5}],
+                                    "weights": [1.0, 2.0]}})
+    validate_components(recipe, registry)
+    record = {"messages": [{"role": "user", "content": "2+2?"}], "text": "4", "reference": "4"}
+    (scored,) = score_records(recipe.stages[1], [record], registry, "here")
+    assert scored["scores"] == {"exact_match": 1.0, "has_digit": 1.5}
+    assert scored["score"] == 1.0 + 2 * 1.5
+    bad = load_recipe({**tiny_recipe, "stages": stages,
+                       "score": {"scorers": [{"name": "has_digit", "bonnus": 1}]}})
+    with pytest.raises(RecipeError, match=r"stages\[1\].score.scorers\[0\].bonnus: not an "
+                       "option of scorer 'has_digit'; did you mean 'bonus'"):
+        validate_components(bad, registry)
+
+
+def test_register_sample_filters(tmp_path):
+    from tempering.pipeline.generate import StageContext
+    from tempering.pipeline.score import run_filter
+    from tempering.recipe import load_recipe
+
+    mod = _module("shortest_filter", """
+        from tempering import SampleFilter, hookimpl
+        def shortest(pool, limit=1):
+            order = sorted(range(len(pool)), key=lambda i: len(pool[i]["text"]))
+            return [i in order[:limit] for i in range(len(pool))]
+        @hookimpl
+        def register_sample_filters():
+            return [SampleFilter("shortest", shortest)]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+    samples = tmp_path / "in.jsonl"
+    texts = ["ccc", "a", "bb", "dddd"]
+    samples.write_text("".join(
+        json.dumps({"prompt_id": "p0", "messages": [{"role": "assistant", "content": t}],
+                    "text": t, "score": 1.0, "num_tokens": len(t), "finish_reason": "stop"}) + "\n"
+        for t in texts))
+    view = load_recipe({"data": {"train": [{"path": "x.jsonl"}]},
+                        "filter": {"filters": [{"name": "shortest", "limit": 2}]},
+                        "wandb": {"mode": "disabled"}})
+    out = run_filter(view, StageContext(1, "round-1/1-filter", tmp_path / "out", samples),
+                     None, registry)
+    kept = [json.loads(line)["text"]
+            for line in (tmp_path / "out" / "kept.jsonl").read_text().splitlines()]
+    assert kept == ["a", "bb"] and out["kept"] == 2 and out["dropped_by"] == {"shortest": 2}

@@ -133,7 +133,9 @@ def read_source(source: DataSource) -> Iterator[tuple[str, Any]]:
                         "a saved dataset or a hub id")
     rename = {v: k for k, v in source.fields.items()}
     for n, (origin, record) in enumerate(records):
-        if source.max_records is not None and n >= source.max_records:
+        if n < source.skip_records:
+            continue
+        if source.max_records is not None and n - source.skip_records >= source.max_records:
             break
         if rename and isinstance(record, dict):
             record = {rename.get(k, k): v for k, v in record.items()}

@@ -50,11 +50,15 @@ class Completion:
         num_tokens: tokens generated, the one that ended it included.
         finish_reason: ``stop`` (an end-of-turn or EOS token, or a stop string) or ``length``
             (``max_new_tokens`` ran out first).
+        reasoning: the reasoning an endpoint returned apart from the answer
+            (``reasoning_content``), None where it returned none (a local model's think block
+            is part of ``text``).
     """
 
     text: str
     num_tokens: int
     finish_reason: str
+    reasoning: str | None = None
 
 
 @runtime_checkable
@@ -73,6 +77,8 @@ class GenerationContext:
 
     Attributes:
         model: the run's model where one is loaded in this process (None otherwise).
+        model_path: where that model is (a local folder or hub id), for a backend that loads
+            its own copy (vLLM).
         tokenizer: the run's tokenizer.
         encoder: the run's :class:`tempering.ConversationEncoder` (template and variables).
         stop_ids: the token ids that end an answer (the trained end-of-turn and EOS).
@@ -82,3 +88,4 @@ class GenerationContext:
     tokenizer: Any
     encoder: Any
     stop_ids: tuple[int, ...] = ()
+    model_path: str | None = None

@@ -60,7 +60,8 @@ class OpenAIGenerator:
     def _one(self, messages: list[dict[str, Any]], params: GenerationParams) -> list[Completion]:
         extra: dict[str, Any] = {"top_k": params.top_k} if params.top_k else {}
         response = self._client.chat.completions.create(
-            model=self.model, messages=messages, n=params.n,  # type: ignore[arg-type]
+            model=self.model, messages=[_wire(m) for m in messages],  # type: ignore[misc]
+            n=params.n,
             temperature=params.temperature, top_p=params.top_p,
             max_completion_tokens=params.max_new_tokens, seed=params.seed,
             stop=list(params.stop) or None, extra_body=extra or None)
@@ -74,5 +75,15 @@ class OpenAIGenerator:
                 tokens = self.count_tokens(text) + (reason == "stop")
             else:
                 tokens = round(total / max(1, len(choices)))
-            out.append(Completion(text, tokens, reason))
+            reasoning = getattr(choice.message, "reasoning_content", None)  # vLLM, DeepSeek
+            out.append(Completion(text, tokens, reason,
+                                  reasoning if isinstance(reasoning, str) else None))
         return out
+
+
+_WIRE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id")
+
+
+def _wire(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as the chat completions API takes it (no training flags)."""
+    return {k: message[k] for k in _WIRE_FIELDS if message.get(k) is not None}

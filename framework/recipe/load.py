@@ -22,16 +22,17 @@ from tempering.recipe.schema import (
     ModelConfig,
     OptimConfig,
     Recipe,
+    Stage,
     TrainConfig,
-    TrainStage,
     WandbConfig,
 )
 
 __all__ = [
     "Recipe", "RecipeError", "DataSource", "DataConfig", "ModelConfig", "ComponentConfig",
-    "OptimConfig", "TrainConfig", "EvalConfig", "WandbConfig", "TrainStage", "stages_of",
+    "OptimConfig", "TrainConfig", "EvalConfig", "WandbConfig", "Stage", "stages_of",
     "bundled_recipes", "find_recipe", "load_recipe", "parse_overrides", "resolve_bundled",
-    "validate_components", "picks", "check_locations", "to_dict",
+    "validate_components", "picks", "check_locations", "to_dict", "STAGE_PATH", "stage_ids",
+    "check_stage_references",
 ]
 
 BUNDLED_PREFIX = "bundled:"
@@ -222,7 +223,13 @@ def _admits(value: Any, allowed: tuple[Any, ...]) -> bool:
     return False
 
 
-_STAGE_KEYS = tuple(f.name for f in dataclasses.fields(TrainStage))
+_STAGE_KEYS = tuple(f.name for f in dataclasses.fields(Stage))
+# The sections with components each stage kind uses (the others are not checked in it).
+_USES = {"train": {"data", "chat_template", "masking", "objective", "eval"},
+         "generate": {"generate", "chat_template"}, "score": {"score"}, "filter": {"filter"},
+         "eval": {"eval", "generate", "score", "chat_template", "data"}}
+# Keys that belong to one stage, never merged from the top level into every stage.
+_OWN_KEYS = ("kind", "id", "input", "model_from", "in_rounds")
 
 
 def _merge(base: Any, own: Any) -> Any:
@@ -236,7 +243,7 @@ def _merged_stages(raw: dict[str, Any]) -> list[Any]:
     """Each stage's own keys merged over the top-level stage keys (its defaults)."""
     if not isinstance(raw["stages"], list):
         raise RecipeError("stages: expected a list of stages")
-    defaults = {k: raw[k] for k in _STAGE_KEYS if k in raw and k != "kind"}
+    defaults = {k: raw[k] for k in _STAGE_KEYS if k in raw and k not in _OWN_KEYS}
     out = []
     for i, stage in enumerate(raw["stages"]):
         if not isinstance(stage, dict):
@@ -245,12 +252,12 @@ def _merged_stages(raw: dict[str, Any]) -> list[Any]:
     return out
 
 
-def stages_of(recipe: Recipe) -> list[TrainStage]:
+def stages_of(recipe: Recipe) -> list[Stage]:
     """The recipe's stages; a recipe without ``stages`` is one training stage of its top-level
     keys."""
     if recipe.stages:
         return list(recipe.stages)
-    return [TrainStage(**{k: getattr(recipe, k) for k in _STAGE_KEYS})]
+    return [Stage(**{k: getattr(recipe, k) for k in _STAGE_KEYS})]
 
 
 def _prefixed_stages(recipe: Recipe) -> list[tuple[str, Any]]:
@@ -258,6 +265,76 @@ def _prefixed_stages(recipe: Recipe) -> list[tuple[str, Any]]:
     if recipe.stages:
         return [(f"stages[{i}].", stage) for i, stage in enumerate(recipe.stages)]
     return [("", recipe)]
+
+
+def _check_stage_sections(stage: Stage, where: str) -> None:
+    """The sections a stage's kind needs are there."""
+    needs = {"train": (stage.data.train, "data.train", "at least one training source"),
+             "generate": (stage.generate.prompts, "generate.prompts", "at least one prompt source"),
+             "score": (stage.score.scorers, "score.scorers", "at least one scorer"),
+             "filter": (stage.filter.filters, "filter.filters", "at least one filter"),
+             "eval": (stage.score.scorers, "score.scorers", "at least one scorer")}
+    present, key, what = needs[stage.kind]
+    if not present:
+        raise RecipeError(f"{where}{key}: {what} is needed by a {stage.kind} stage")
+    if stage.kind == "eval" and not (stage.eval.prompts or stage.data.validation):
+        raise RecipeError(f"{where}eval.prompts: an eval stage needs held-out prompts "
+                          "(eval.prompts or data.validation)")
+    weights = stage.score.weights
+    if weights and len(weights) != len(stage.score.scorers):
+        raise RecipeError(f"{where}score.weights: {len(weights)} weights for "
+                          f"{len(stage.score.scorers)} scorers")
+
+
+STAGE_PATH = "stage:"
+_SAMPLE_KINDS = ("generate", "score", "filter", "eval")  # the stages whose output is samples
+
+
+def stage_ids(stages: list[Stage]) -> list[str]:
+    """Each stage's id: its own ``id``, else its kind, numbered (``train-2``) where several
+    stages without an id share a kind."""
+    kinds = [s.kind for s in stages if not s.id]
+    return [s.id or (s.kind if kinds.count(s.kind) == 1 else f"{s.kind}-{i}")
+            for i, s in enumerate(stages)]
+
+
+def check_stage_references(recipe: Recipe) -> None:
+    """Stage ids are unique; ``input``, ``model_from``, ``stage:`` paths and ``in_rounds``
+    name stages and rounds that exist (an input and a data path: an earlier stage)."""
+    ids: dict[str, int] = {}
+    for i, (stage, sid) in enumerate(zip(recipe.stages, stage_ids(recipe.stages), strict=True)):
+        if sid in ids:
+            raise RecipeError(f"stages[{i}].id: {sid!r} is also stages[{ids[sid]}]'s; give "
+                              "each stage its own id")
+        ids[sid] = i
+        earlier = list(ids)[:-1]
+
+        def known(key: str, value: str, choices: list[str], i: int = i) -> None:
+            if value not in choices:
+                raise RecipeError(f"stages[{i}].{key}: no earlier stage {value!r} of that kind"
+                                  f"{closest(value, choices) if choices else ''}")
+
+        producers = [s for s in earlier if recipe.stages[ids[s]].kind in _SAMPLE_KINDS]
+        if stage.input is not None:
+            known("input", stage.input, producers)
+        elif stage.kind in ("score", "filter"):
+            before = recipe.stages[i - 1] if i else None
+            if before is None or before.kind not in _SAMPLE_KINDS:
+                raise RecipeError(f"stages[{i}].input: a {stage.kind} stage reads the samples of "
+                                  "a generate, score, filter or eval stage; the stage before it "
+                                  "is none, so name one")
+        if stage.model_from not in ("latest", "recipe"):
+            trained = [s for s in earlier if recipe.stages[ids[s]].kind == "train"]
+            known("model_from", stage.model_from, trained)
+        for section in ("train", "validation"):
+            for j, source in enumerate(getattr(stage.data, section)):
+                if source.path.startswith(STAGE_PATH):
+                    known(f"data.{section}[{j}].path", source.path[len(STAGE_PATH):],
+                          producers)
+        for r in stage.in_rounds:
+            if not 1 <= r <= recipe.rounds:
+                raise RecipeError(f"stages[{i}].in_rounds: round {r} is not one of 1.."
+                                  f"{recipe.rounds}")
 
 
 def _check_trainer_args(trainer: dict[str, Any], where: str = "") -> None:
@@ -280,8 +357,8 @@ def _looks_local(location: str) -> bool:
 
 
 def _check_location(key: str, location: str | None) -> None:
-    if location is None:
-        return
+    if location is None or location.startswith(STAGE_PATH):
+        return  # another stage's output, resolved when the pipeline runs
     if not location:
         raise RecipeError(f"{key}: missing")
     if location.startswith(BUNDLED_PREFIX):
@@ -296,9 +373,12 @@ def _check_location(key: str, location: str | None) -> None:
 def check_locations(recipe: Recipe) -> None:
     """Every local data source and model exists, before anything is read (hub ids are not
     checked here). Separate from loading, so a recipe for another machine still validates."""
-    for section in ("train", "validation"):
-        for i, source in enumerate(getattr(recipe.data, section)):
-            _check_location(f"data.{section}[{i}].path", source.path)
+    for key, sources in (("data.train", recipe.data.train),
+                         ("data.validation", recipe.data.validation),
+                         ("generate.prompts", recipe.generate.prompts),
+                         ("eval.prompts", recipe.eval.prompts)):
+        for i, source in enumerate(sources):
+            _check_location(f"{key}[{i}].path", source.path)
     for key, cfg in (("model", recipe.model), ("teacher", recipe.teacher)):
         if cfg is not None:
             _check_location(f"{key}.name_or_path", cfg.name_or_path)
@@ -329,10 +409,13 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None
         if raw.get("stages"):
             raw["stages"] = _merged_stages(raw)
         recipe = _build(Recipe, raw, "")
+        if not recipe.stages and recipe.kind != "train":
+            raise RecipeError(f"kind: {recipe.kind!r} runs as one of `stages`; a recipe without "
+                              "stages is one training stage")
         for where, stage in _prefixed_stages(recipe):
             _check_trainer_args(stage.trainer, where)
-            if not stage.data.train:
-                raise RecipeError(f"{where}data.train: at least one training source is needed")
+            _check_stage_sections(stage, where)
+        check_stage_references(recipe)
     except RecipeError as exc:
         raise RecipeError(f"{label}: {exc}") from None
     except (IndexError, ValueError, TypeError, AttributeError) as exc:
@@ -363,6 +446,8 @@ def validate_components(recipe: Recipe, registry: Any) -> None:
             section = key.split(".")[0].removesuffix("[]")
             owners = _prefixed_stages(recipe) if section in _STAGE_KEYS else [("", recipe)]
             for prefix, owner in owners:
+                if section in _STAGE_KEYS and section not in _USES[owner.kind]:
+                    continue  # a section merged into a stage whose kind does not use it
                 for where, picked in picks(owner, key):
                     _check_component(kind, f"{prefix}{where}", picked, registry)
     _check_teacher(recipe, [(prefix, registry.get("objective", stage.objective.name))

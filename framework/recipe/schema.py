@@ -8,7 +8,8 @@ from typing import Any
 
 __all__ = [
     "ModelConfig", "DataSource", "DataConfig", "ComponentConfig", "OptimConfig", "TrainConfig",
-    "EvalConfig", "WandbConfig", "TrainStage", "Recipe",
+    "EvalConfig", "WandbConfig", "SamplingConfig", "GenerateConfig", "ScoreConfig", "FilterConfig",
+    "STAGE_KINDS", "Stage", "Recipe",
 ]
 
 
@@ -72,6 +73,8 @@ class DataSource(_NamesComponents):
     weight: float = doc("Sampling weight relative to other sources (1.0 = each record once).", 1.0)
     split: str = doc("datasets split to read (hub ids and datasets directories).", "train")
     subset: str | None = doc("datasets configuration name (hub ids).")
+    skip_records: int = doc("Skip this many records first (with `max_records`, a slice of a "
+                            "file: train on one part, generate on another).", 0, minimum=0)
     max_records: int | None = doc("Read at most this many records.")
     system_prompt: str | None = doc("System message added to conversations that have none.")
 
@@ -146,6 +149,14 @@ class EvalConfig(_NamesComponents):
         "to its `build`: `batch_size` for transformers; `model`, `base_url`, `api_key_env`, ... "
         "for openai).")
     before_training: bool = doc("Also measure before training, for comparison.", True)
+    prompts: list[DataSource] = doc(
+        "An `eval` stage's held-out prompts, read like `generate.prompts` (empty: "
+        "`data.validation`).", factory=list)
+    max_prompts: int | None = doc("An `eval` stage answers at most this many prompts.", minimum=1)
+    pass_at: int = doc("An `eval` stage's N for pass@N: samples per prompt, drawn with "
+                       "`generate.sampling` (its temperature, top_p, top_k, seed).", 8, minimum=1)
+    pass_score: float = doc("A sample passes when its score (`score.scorers`) is at least "
+                            "this.", 1.0)
 
 
 @dataclass
@@ -161,12 +172,88 @@ class WandbConfig:
 
 
 @dataclass
-class TrainStage(_NamesComponents):
+class SamplingConfig:
+    n: int = doc("Completions per prompt.", 1, minimum=1)
+    temperature: float = doc("Sampling temperature (0: greedy).", 1.0, minimum=0)
+    top_p: float = doc("Nucleus sampling mass.", 1.0, minimum=0)
+    top_k: int = doc("Sample from the top_k most likely tokens (0: all).", 0, minimum=0)
+    max_new_tokens: int = doc("Budget per completion.", 64, minimum=1)
+    seed: int | None = doc("Sampling seed; each chunk of prompts is seeded from it and its "
+                           "index, so a resumed or sharded stage draws the same samples "
+                           "(null: `train.seed`).")
+    stop: list[str] = doc("Strings that end a completion, besides the template's end-of-turn.",
+                          factory=list)
+
+
+@dataclass
+class GenerateConfig(_NamesComponents):
+    prompts: list[DataSource] = doc(
+        "Prompt sources, read like data sources: each conversation up to its last assistant "
+        "turn is a prompt, and that turn's content is its reference answer (for verifiers).",
+        factory=list)
+    max_prompts: int | None = doc("Use at most this many prompts (the first ones).", minimum=1)
+    generator: ComponentConfig = component(
+        "transformers", "Registered generation backend (options go to its `build`).")
+    sampling: SamplingConfig = doc("How completions are sampled.", factory=SamplingConfig)
+    chunk_size: int = doc("Prompts generated, then appended and synced to disk, at a time: a "
+                          "killed stage resumes after its last whole chunk.", 16, minimum=1)
+    devices: int = doc("Processes the chunks are sharded over (one per GPU on `gpu`).", 1,
+                       minimum=1)
+    accelerator: str = doc("Where an in-process backend generates.", "auto",
+                           choices=("auto", "cpu", "gpu"))
+    split_reasoning: bool = doc("A completion that opens with `<think>...</think>` keeps the "
+                                "think block as the message's `reasoning_content`.", True)
+
+
+@dataclass
+class ScoreConfig(_NamesComponents):
+    scorers: list[ComponentConfig] = doc(
+        "Registered scorers (each a name or {name, options}); a sample keeps each score under "
+        "the scorer's name and its `score` is their weighted sum.", factory=list)
+    weights: list[float] = doc("One weight per scorer (empty: 1 each).", factory=list)
+    chunk_size: int = doc("Samples scored, then appended and synced to disk, at a time.", 64,
+                          minimum=1)
+
+
+@dataclass
+class FilterConfig(_NamesComponents):
+    filters: list[ComponentConfig] = doc(
+        "Registered sample filters, applied in this order to the whole candidate pool (each "
+        "sees what the previous ones kept).", factory=list)
+
+
+STAGE_KINDS = ("train", "generate", "score", "filter", "eval")
+
+
+@dataclass
+class Stage(_NamesComponents):
     """A training stage: what is trained, on which data, how. In a recipe without ``stages``
     these keys sit at the top level (one training stage); with ``stages`` they are the
     defaults each training stage merges its own keys over."""
 
-    kind: str = doc("Stage kind.", "train", choices=("train",))
+    kind: str = doc("Stage kind: `train`, `generate` (samples from a model), `score`, "
+                    "`filter`, `eval` (pass@1 and pass@N on held-out prompts).", "train",
+                    choices=STAGE_KINDS)
+    id: str | None = doc("The stage's name, which `input`, `model_from` and `stage:` data "
+                         "paths refer to (default: its kind).")
+    input: str | None = doc("The stage whose samples a `score` or `filter` stage reads (an id; "
+                            "default: the stage before it).")
+    model_from: str = doc("The model this stage starts from (trains, generates or is evaluated "
+                          "with): `latest` (the model the latest training stage ended with; "
+                          "before one, `model`), `recipe` (this stage's own `model`), or a "
+                          "training stage's id (its latest final model).", "latest")
+    in_rounds: list[int] = doc("The rounds this stage runs in (empty: every round), e.g. [1] "
+                               "for an initial SFT.", factory=list)
+    model: ModelConfig = doc("The policy (the model trained) and the run's tokenizer.",
+                             factory=ModelConfig)
+    chat_template: ComponentConfig = component(
+        "tokenizer", "Registered template name, `tokenizer`, a `.jinja` path or inline Jinja; "
+        "options are template variables (as `template_kwargs`).")
+    template_kwargs: dict[str, Any] = doc("Extra variables for the template renderer.", factory=dict)
+    allow_split_markers: bool = doc(
+        "Accept a chat template (other than the tokenizer's own) whose markers the tokenizer "
+        "splits into pieces, for a model that was trained with them as text. Without it such a "
+        "template is refused; `check-template` lists the markers.", False)
     masking: ComponentConfig = component(
         "all_assistant", "Registered masking strategy; options go to its `select`.")
     train_on_eot: bool = doc("Train each turn's end-of-turn token.", True)
@@ -183,29 +270,23 @@ class TrainStage(_NamesComponents):
     eval: EvalConfig = doc("Evaluation by generation after training.", factory=EvalConfig)
     trainer: dict[str, Any] = doc("lightning.Trainer arguments (devices, strategy, precision, "
                                   "max_steps, accumulate_grad_batches, ...).", factory=dict)
+    generate: GenerateConfig = doc("Generation (`generate` stages; `eval` stages use its "
+                                   "generator and sampling).", factory=GenerateConfig)
+    score: ScoreConfig = doc("Scoring (`score` and `eval` stages).", factory=ScoreConfig)
+    filter: FilterConfig = doc("Sample filters (`filter` stages).", factory=FilterConfig)
 
 
 @dataclass
-class Recipe(TrainStage):
+class Recipe(Stage):
     """A run: the shared sections (models, template, tracking), and its stages."""
 
     name: str = doc("Run name.", "run")
     plugins: list[str] = doc("Extra plugin modules to register (`pkg.module`).", factory=list)
-    model: ModelConfig = doc("The policy (the model trained) and the run's tokenizer.",
-                             factory=ModelConfig)
     teacher: ModelConfig | None = doc(
         "The teacher model (role `teacher`, frozen) for an objective that needs one "
         "(distillation); it must share the policy's tokenizer.")
-    chat_template: ComponentConfig = component(
-        "tokenizer", "Registered template name, `tokenizer`, a `.jinja` path or inline Jinja; "
-        "options are template variables (as `template_kwargs`).")
-    template_kwargs: dict[str, Any] = doc("Extra variables for the template renderer.", factory=dict)
-    allow_split_markers: bool = doc(
-        "Accept a chat template (other than the tokenizer's own) whose markers the tokenizer "
-        "splits into pieces, for a model that was trained with them as text. Without it such a "
-        "template is refused; `check-template` lists the markers.", False)
     wandb: WandbConfig = doc("Run tracking.", factory=WandbConfig)
-    stages: list[TrainStage] = doc(
+    stages: list[Stage] = doc(
         "The stages to run in order, each a mapping with `kind` and its own keys merged over "
         "the top-level ones (mappings merge, other values replace). Empty: one training stage "
         "of the top-level keys.", factory=list)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tempering.pipeline import run_pipeline
-from tempering.recipe import RecipeError, TrainStage, load_recipe, stages_of, validate_components
+from tempering.recipe import RecipeError, Stage, load_recipe, stages_of, validate_components
 from tests.conftest import REGISTRY
 
 
@@ -16,7 +16,7 @@ def test_a_recipe_without_stages_is_one_training_stage_of_its_top_level_keys(tin
     flat = load_recipe(tiny_recipe)
     explicit = load_recipe({**tiny_recipe, "stages": [{"kind": "train"}]})
     assert len(stages_of(flat)) == 1 and stages_of(flat) == stages_of(explicit)
-    assert isinstance(stages_of(flat)[0], TrainStage) and stages_of(flat)[0].data == flat.data
+    assert isinstance(stages_of(flat)[0], Stage) and stages_of(flat)[0].data == flat.data
 
 
 def test_stage_keys_merge_over_the_top_level_ones(tiny_recipe) -> None:
@@ -32,7 +32,9 @@ def test_stage_keys_merge_over_the_top_level_ones(tiny_recipe) -> None:
 
 
 @pytest.mark.parametrize(("stages", "message"), [
-    ([{"kind": "trian"}], "stages[0].kind: 'trian' is not one of train; did you mean 'train'"),
+    ([{"kind": "trian"}],
+     "stages[0].kind: 'trian' is not one of train, generate, score, filter, eval; did you mean "
+     "'train'"),
     ([{"kind": "train"}, {"kind": "train", "optim": {"lrr": 1}}],
      "stages[1].optim.lrr: unknown key; did you mean 'lr'"),
     ([{"kind": "train", "trainer": {"max_step": 1}}],
@@ -80,5 +82,5 @@ def test_rounds_train_on_from_the_previous_rounds_model_and_a_rerun_skips_finish
     assert again["stages"] == summary["stages"]
     assert capsys.readouterr().err.count("finished earlier") == 2
     changed = load_recipe({**tiny_recipe, "rounds": 2}, ["optim.lr=0.002"])
-    with pytest.raises(RecipeError, match="holds a finished stage of another recipe"):
+    with pytest.raises(RecipeError, match="holds a stage of another recipe"):
         run_pipeline(changed)
