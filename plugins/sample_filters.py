@@ -21,15 +21,25 @@ def _by_prompt(pool: Pool) -> dict[str, list[int]]:
     return groups
 
 
+def _score(sample: dict[str, Any]) -> float:
+    if sample.get("score") is None:
+        raise ValueError("needs scored samples; put a score stage before this filter")
+    return float(sample["score"])
+
+
 def _best_first(pool: Pool, indices: list[int]) -> list[int]:
-    """By score, highest first; ties keep generation order."""
-    return sorted(indices, key=lambda i: -float(pool[i]["score"]))
+    """By score, highest first (unscored samples: generation order)."""
+    if any(pool[i].get("score") is None for i in indices):
+        return list(indices)
+    return sorted(indices, key=lambda i: -_score(pool[i]))
 
 
 def top_k_per_prompt(pool: Pool, k: int = 1) -> list[bool]:
     """The ``k`` highest-scoring samples of each prompt."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    for sample in pool:
+        _score(sample)
     keep = [False] * len(pool)
     for indices in _by_prompt(pool).values():
         for i in _best_first(pool, indices)[:k]:
@@ -44,8 +54,7 @@ def best_of_n(pool: Pool) -> list[bool]:
 
 def threshold(pool: Pool, min_score: float = 1.0, max_score: float | None = None) -> list[bool]:
     """Samples scoring at least ``min_score`` (and at most ``max_score``)."""
-    return [float(s["score"]) >= min_score and (max_score is None or float(s["score"]) <= max_score)
-            for s in pool]
+    return [_score(s) >= min_score and (max_score is None or _score(s) <= max_score) for s in pool]
 
 
 def margin(pool: Pool, margin: float = 0.0) -> list[bool]:
@@ -53,9 +62,9 @@ def margin(pool: Pool, margin: float = 0.0) -> list[bool]:
     samples all score the same keeps none: nothing tells them apart)."""
     keep = [False] * len(pool)
     for indices in _by_prompt(pool).values():
-        mean = sum(float(pool[i]["score"]) for i in indices) / len(indices)
+        mean = sum(_score(pool[i]) for i in indices) / len(indices)
         for i in indices:
-            keep[i] = float(pool[i]["score"]) - mean > margin
+            keep[i] = _score(pool[i]) - mean > margin
     return keep
 
 
@@ -66,7 +75,7 @@ def _shingles(text: str, n: int) -> set[tuple[str, ...]]:
 
 def dedup(pool: Pool, similarity: float | None = 0.9, ngram: int = 3,
           scope: str = "prompt") -> list[bool]:
-    """Drop duplicates, keeping the best-scoring copy: exact ones (same text, whitespace
+    """Drop duplicates, keeping the best-scoring copy (the first, unscored): exact ones (same text, whitespace
     collapsed) and, unless ``similarity`` is None, near ones (Jaccard similarity of word
     ``ngram`` sets at least ``similarity``), within each prompt or across the whole pool."""
     if scope not in ("prompt", "pool"):
