@@ -68,9 +68,6 @@ _LAZY = {
     "OpenAIGenerator": "tempering.generate.openai_backend",
     "VLLMGenerator": "tempering.generate.vllm_backend",
     "RewardModel": "tempering.generate.reward",
-    "SandboxLimits": "tempering.generate.sandbox",
-    "SandboxResult": "tempering.generate.sandbox",
-    "run_python_tests": "tempering.generate.sandbox",
 }
 
 __all__ = [

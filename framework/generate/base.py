@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Completion", "GenerationContext", "GenerationParams", "Generator"]
+__all__ = ["Completion", "GenerationContext", "GenerationParams", "Generator", "prompt_token_ids"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +89,10 @@ class GenerationContext:
     encoder: Any
     stop_ids: tuple[int, ...] = ()
     model_path: str | None = None
+
+
+def prompt_token_ids(tokenizer: Any, encoder: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
+    """A prompt's token ids: the run's template with the generation prompt, encoded without
+    special tokens (the template writes its own BOS)."""
+    text = encoder.render(list(messages), add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

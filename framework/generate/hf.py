@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tempering.generate.base import Completion, GenerationParams
+from tempering.generate.base import Completion, GenerationParams, prompt_token_ids
 
 __all__ = ["HFGenerator", "stop_token_ids"]
 
@@ -58,8 +58,7 @@ class HFGenerator:
         import torch
         from tqdm.auto import tqdm
 
-        texts = [self.encoder.render(list(m), add_generation_prompt=True) for m in prompts]
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        ids = [prompt_token_ids(self.tokenizer, self.encoder, m) for m in prompts]
         was_training = self.model.training
         self.model.eval()
         out: list[list[Completion]] = []

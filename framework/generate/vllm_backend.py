@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tempering.generate.base import Completion, GenerationParams
+from tempering.generate.base import Completion, GenerationParams, prompt_token_ids
 
 __all__ = ["VLLMGenerator"]
 
@@ -79,8 +79,7 @@ class VLLMGenerator:
         """The token ids of a prompt: the run's template with the generation prompt, encoded
         without special tokens (the template writes its own BOS), as the transformers backend
         encodes it."""
-        text = self.encoder.render(list(messages), add_generation_prompt=True)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return prompt_token_ids(self.tokenizer, self.encoder, messages)
 
     def sampling_params(self, params: GenerationParams) -> Any:
         """vLLM's sampling parameters for ``params``.

@@ -35,7 +35,8 @@ class ChunkLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.chunks, good = _scan(path)
+        whole, good = _read_part(path)
+        self.chunks = set(whole)
         if path.exists() and path.stat().st_size != good:
             with path.open("r+b") as f:  # drop the chunk a kill interrupted
                 f.truncate(good)
@@ -51,11 +52,14 @@ class ChunkLog:
         self.chunks.add(chunk)
 
 
-def _scan(path: Path) -> tuple[set[int], int]:
-    """The chunks a part file holds whole, and the byte length of that whole prefix."""
+def _read_part(path: Path) -> tuple[dict[int, list[dict[str, Any]]], int]:
+    """The whole chunks of a part file (their records) and the byte length of that whole
+    prefix; whatever follows the last end line is a chunk a kill interrupted."""
     if not path.exists():
-        return set(), 0
-    done, good, offset = set(), 0, 0
+        return {}, 0
+    whole: dict[int, list[dict[str, Any]]] = {}
+    pending: dict[int, list[dict[str, Any]]] = {}
+    good = offset = 0
     with path.open("rb") as f:
         for raw in f:
             offset += len(raw)
@@ -66,9 +70,12 @@ def _scan(path: Path) -> tuple[set[int], int]:
             except ValueError:
                 break
             if _END in line:
-                done.add(int(line[_END]))
+                c = int(line[_END])
+                whole[c] = pending.pop(c, [])
                 good = offset
-    return done, good
+            else:
+                pending.setdefault(int(line.pop("chunk")), []).append(line)
+    return whole, good
 
 
 def _parts(folder: Path) -> list[Path]:
@@ -77,7 +84,7 @@ def _parts(folder: Path) -> list[Path]:
 
 def done_chunks(folder: Path) -> set[int]:
     """The chunks some part file in ``folder`` holds whole."""
-    return set().union(*(_scan(p)[0] for p in _parts(folder)))
+    return set().union(*(_read_part(p)[0] for p in _parts(folder)))
 
 
 def gather(folder: Path, chunks: int) -> list[dict[str, Any]]:
@@ -89,17 +96,8 @@ def gather(folder: Path, chunks: int) -> list[dict[str, Any]]:
     """
     found: dict[int, list[dict[str, Any]]] = {}
     for part in _parts(folder):
-        whole, good = _scan(part)
-        pending: dict[int, list[dict[str, Any]]] = {}
-        with part.open("rb") as f:
-            data = f.read(good)
-        for raw in data.splitlines():
-            line = json.loads(raw)
-            if _END in line:
-                c = int(line[_END])
-                found.setdefault(c, pending.pop(c, []))
-            else:
-                pending.setdefault(int(line.pop("chunk")), []).append(line)
+        for c, records in _read_part(part)[0].items():
+            found.setdefault(c, records)
     missing = [c for c in range(chunks) if c not in found]
     if missing:
         raise RuntimeError(f"{folder}: chunks {missing[:5]} of {chunks} were never written")
