@@ -68,6 +68,11 @@ _LAZY = {
     "OpenAIGenerator": "tempering.generate.openai_backend",
     "VLLMGenerator": "tempering.generate.vllm_backend",
     "RewardModel": "tempering.generate.reward",
+    "SandboxError": "tempering.generate.sandbox",
+    "SandboxLimits": "tempering.generate.sandbox",
+    "SandboxResult": "tempering.generate.sandbox",
+    "run_python_tests": "tempering.generate.sandbox",
+    "sandbox_layers": "tempering.generate.sandbox",
 }
 
 __all__ = [

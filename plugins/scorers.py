@@ -1,10 +1,12 @@
 """Built-in scorers of generated samples: verifiers for tasks with a known answer
-(``exact_match``, ``regex_answer``) and a learned ``reward_model``."""
+(``exact_match``, ``regex_answer``), generated code run against tests (``python_tests``, in a
+sandbox) and a learned ``reward_model``."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tempering import Scorer, hookimpl
@@ -61,6 +63,39 @@ def regex_answer(prompts: Prompts, completions: Sequence[str],
     return out
 
 
+_FENCE = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def _code(completion: str) -> str:
+    """The first fenced code block of a completion, or all of it."""
+    match = _FENCE.search(completion)
+    return match.group(1) if match else completion
+
+
+def python_tests(prompts: Prompts, completions: Sequence[str],
+                 references: Sequence[str | None], cpu_seconds: float = 5.0,
+                 wall_seconds: float = 10.0, memory_mb: int = 512, workers: int = 2,
+                 require_namespaces: bool = True, interpreter: str = "") -> list[float]:
+    """1.0 when the completion's code (its first fenced block, or all of it) and then the
+    reference (test code: asserts) both run to the end in the sandbox (``docs/sandbox.md``)
+    within the limits; a failure, a timeout, an early exit or a contained escape attempt is
+    0.0, and so is a prompt without tests."""
+    from tempering import SandboxLimits, run_python_tests
+
+    limits = SandboxLimits(cpu_seconds=cpu_seconds, wall_seconds=wall_seconds,
+                           memory_mb=memory_mb, require_namespaces=require_namespaces,
+                           interpreter=interpreter)
+
+    def one(pair: tuple[str, str | None]) -> float:
+        completion, tests = pair
+        if tests is None:
+            return 0.0
+        return float(run_python_tests(_code(completion), tests, limits).passed)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(one, zip(completions, references, strict=True)))
+
+
 _REWARD_MODELS: dict[tuple[Any, ...], Any] = {}
 
 
@@ -87,6 +122,8 @@ def register_scorers() -> list[Scorer]:
         Scorer("exact_match", exact_match, "completion == reference (whitespace collapsed)"),
         Scorer("regex_answer", regex_answer, "the answer a regex extracts == the reference's "
                "(default: the last number)"),
+        Scorer("python_tests", python_tests, "generated code passes the reference's tests in a "
+               "sandbox"),
         Scorer("reward_model", reward_model, "a sequence-classification reward model, with its "
                "own chat template"),
     ]

@@ -1,4 +1,4 @@
-"""The built-in verifiers and the code scorer (the sandbox itself: tests/generate)."""
+"""The built-in verifiers and the code scorer (the sandbox itself: tests/generate/test_sandbox.py)."""
 
 from __future__ import annotations
 
@@ -19,3 +19,23 @@ def test_regex_answer_takes_the_last_number_and_compares_numerically():
     assert s.regex_answer(P * 2, ["1,000 apples", "answer: B"], ["1000", "B"],
                           pattern=r"answer: (\w)") == [0.0, 1.0]
     assert s.regex_answer(P, ["x 3"], [None]) == [0.0]
+
+
+def test_python_tests_runs_the_first_fenced_block_against_the_reference_tests():
+    from tempering.generate.sandbox import _namespaces_work
+
+    if _namespaces_work() is not None:
+        import pytest
+
+        pytest.skip(f"no namespaces: {_namespaces_work()}")
+    tests = "assert square(3) == 9\nassert square(-2) == 4"
+    completions = [
+        "Here it is:\n```python\ndef square(x):\n    return x * x\n```\nDone.",
+        "def square(x):\n    return x * x\n",          # no fence: the whole completion
+        "```python\ndef square(x):\n    return x + x\n```",
+        "```python\nimport sys\nsys.exit(0)\n```",       # exits before the tests
+        "```python\nwhile True:\n    pass\n```",
+    ]
+    got = s.python_tests(P * 6, [*completions, completions[0]], [tests] * 5 + [None],
+                         cpu_seconds=1, wall_seconds=3)
+    assert got == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
