@@ -126,6 +126,8 @@ class GeneratorBackend:
         in_process: the backend generates with a model loaded in this process (``context.model``;
             a stage loads it for the backend); False for one that loads its own (vLLM) or
             reaches a server.
+        own_process: a stage runs the backend in a process of its own, even on one device, so
+            what it holds (vLLM's GPU memory) is released when the stage ends, before training.
         description: one line for ``tempering plugins``.
     """
 
@@ -133,6 +135,7 @@ class GeneratorBackend:
     build: Callable[..., Any]
     in_process: bool = True
     description: str = ""
+    own_process: bool = False
 
 
 @dataclass(frozen=True)

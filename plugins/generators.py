@@ -52,7 +52,7 @@ def register_generators() -> list[GeneratorBackend]:
     return [
         GeneratorBackend("transformers", transformers, description="the run's model in this "
                          "process, batched, prompt prefilled once for N samples"),
-        GeneratorBackend("vllm", vllm, in_process=False,
+        GeneratorBackend("vllm", vllm, in_process=False, own_process=True,
                          description="vLLM on GPUs, the run's model and template (extra `vllm`)"),
         GeneratorBackend("openai", openai, in_process=False,
                          description="an OpenAI-compatible endpoint through the official client "

@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from tempering.pipeline.generate import (
+    Prompt,
     StageContext,
     build_generator,
     chunk_seed,
     params_of,
     read_prompts,
     run_chunks,
+    run_shards,
     sample_records,
 )
 from tempering.pipeline.samples import finalise, gather
@@ -40,14 +42,15 @@ def pass_rates(records: list[dict[str, Any]], pass_score: float) -> dict[str, An
             "mean_score": sum(r["score"] for r in greedy) / max(1, len(greedy))}
 
 
-def run_eval(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[str, Any]:
-    """Answer every held-out prompt greedily and N times sampled; score; pass rates."""
-    sources = view.eval.prompts or view.data.validation
-    prompts = read_prompts(view, sources, view.eval.max_prompts, pm, registry)
-    if not prompts:
-        raise ValueError(f"{ctx.label}: no held-out prompt to evaluate on")
-    generator = build_generator(view, pm, registry)
-    ctx.folder.mkdir(parents=True, exist_ok=True)
+def _eval_shard(rank: int, world: int, view: Recipe, ctx: StageContext, prompts: list[Prompt],
+                pm: Any = None, plugins: Any = None) -> None:
+    """This rank's chunks of the held-out prompts (a spawned rank builds its own plugins)."""
+    from tempering.plugin_manager import build_plugin_manager, build_registry
+
+    if pm is None:
+        pm = build_plugin_manager(view.plugins)
+    registry = plugins or build_registry(pm)
+    generator = build_generator(view, pm, registry, rank)
 
     def work(chunk: int, start: int, stop: int) -> list[dict[str, Any]]:
         batch = prompts[start:stop]
@@ -63,8 +66,18 @@ def run_eval(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[st
             r["id"] = f"{r['id']}-{r['mode']}"
         return score_records(view, records, registry, ctx.label)
 
-    run_chunks(ctx.folder, len(prompts), view.generate.chunk_size, work,
+    run_chunks(ctx.folder, len(prompts), view.generate.chunk_size, work, rank=rank, world=world,
                desc=f"Evaluating ({ctx.label})")
+
+
+def run_eval(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[str, Any]:
+    """Answer every held-out prompt greedily and N times sampled; score; pass rates."""
+    sources = view.eval.prompts or view.data.validation
+    prompts = read_prompts(view, sources, view.eval.max_prompts, pm, registry)
+    if not prompts:
+        raise ValueError(f"{ctx.label}: no held-out prompt to evaluate on")
+    ctx.folder.mkdir(parents=True, exist_ok=True)
+    run_shards(_eval_shard, view, registry, 1, ctx, prompts, pm=pm, plugins=registry)
     records = gather(ctx.folder, -(-len(prompts) // view.generate.chunk_size))
     for r in records:
         r["passed"] = r["score"] >= view.eval.pass_score

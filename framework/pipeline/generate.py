@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,19 @@ def run_chunks(folder: Path, count: int, chunk_size: int, work: Any, *, rank: in
             bar.update(1)
 
 
+def run_shards(shard: Callable[..., None], view: Recipe, registry: Any, world: int,
+               *args: Any, **here: Any) -> None:
+    """``shard(rank, world, view, *args)`` on each of ``world`` ranks: in this process for one
+    rank (with the keyword arguments ``here`` too), unless the backend asks for a process of
+    its own (then, and for several ranks, in spawned processes that end with the stage)."""
+    if world == 1 and not registry.get("generator", view.generate.generator.name).own_process:
+        shard(0, 1, view, *args, **here)
+        return
+    import torch.multiprocessing as mp
+
+    mp.start_processes(shard, args=(world, view, *args), nprocs=world, start_method="spawn")
+
+
 def _generate_shard(rank: int, world: int, view: Recipe, ctx: StageContext,
                     prompts: list[Prompt]) -> None:
     from tempering.plugin_manager import build_plugin_manager, build_registry
@@ -203,13 +217,7 @@ def run_generate(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dic
                          f"{g.generator.name!r} does not generate in this process; use its own "
                          "parallelism (concurrency, tensor_parallel_size)")
     ctx.folder.mkdir(parents=True, exist_ok=True)
-    if world == 1:
-        _generate_shard(0, 1, view, ctx, prompts)
-    else:
-        import torch.multiprocessing as mp
-
-        mp.start_processes(_generate_shard, args=(world, view, ctx, prompts), nprocs=world,
-                           start_method="spawn")
+    run_shards(_generate_shard, view, registry, world, ctx, prompts)
     chunks = -(-len(prompts) // g.chunk_size)
     records = gather(ctx.folder, chunks)
     summary = {"stage": "generate", "round": ctx.round, "prompts": len(prompts),

@@ -169,3 +169,17 @@ def test_two_ranks_share_the_prompts_none_lost_or_drawn_twice(tiny_recipe, tmp_p
     a, b = _samples(tmp_path / "one"), _samples(tmp_path / "two")
     assert len(b) == 12 * 3 and len({r["id"] for r in b}) == len(b)
     assert a == b
+
+
+def test_a_backend_that_asks_for_its_own_process_gets_one_per_stage(tiny_recipe, tmp_path):
+    """vLLM's GPU memory must be gone before training: such a backend generates (and
+    evaluates) in a spawned process that ends with the stage, even on one device."""
+    recipe = _pipeline(tiny_recipe, plugins=["tests.pipeline.pid_backend"],
+                       stages=[{"kind": "generate"}, {"kind": "eval"}])
+    recipe["generate"]["generator"] = {"name": "pid_echo"}
+    run_pipeline(load_recipe(recipe))
+    base = tmp_path / "run" / "round-1"
+    pids = {s["text"] for s in read_samples(base / "0-generate" / "samples.jsonl")}
+    eval_pids = {s["text"] for s in read_samples(base / "1-eval" / "samples.jsonl")}
+    assert len(pids) == 1 and len(eval_pids) == 1 and pids != eval_pids
+    assert str(os.getpid()) not in pids | eval_pids
