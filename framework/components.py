@@ -150,11 +150,14 @@ class Scorer:
             Called once per chunk of samples, so a scorer that loads a model loads it per
             chunk unless it caches it.
         description: one line for ``tempering plugins``.
+        own_process: a stage runs the scorer in a process of its own, so a model it caches
+            (a reward model's GPU memory) is released when the stage ends, before training.
     """
 
     name: str
     score: Callable[..., list[float]]
     description: str = ""
+    own_process: bool = False
 
 
 @dataclass(frozen=True)

@@ -125,5 +125,5 @@ def register_scorers() -> list[Scorer]:
         Scorer("python_tests", python_tests, "generated code passes the reference's tests in a "
                "sandbox"),
         Scorer("reward_model", reward_model, "a sequence-classification reward model, with its "
-               "own chat template"),
+               "own chat template", own_process=True),
     ]

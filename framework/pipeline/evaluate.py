@@ -20,6 +20,7 @@ from tempering.pipeline.generate import (
     run_chunks,
     run_shards,
     sample_records,
+    wants_own_process,
 )
 from tempering.pipeline.samples import finalise, gather
 from tempering.pipeline.score import score_records
@@ -77,7 +78,8 @@ def run_eval(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[st
     if not prompts:
         raise ValueError(f"{ctx.label}: no held-out prompt to evaluate on")
     ctx.folder.mkdir(parents=True, exist_ok=True)
-    run_shards(_eval_shard, view, registry, 1, ctx, prompts, pm=pm, plugins=registry)
+    own = wants_own_process(view, registry, generator=True, scorers=True)
+    run_shards(_eval_shard, view, 1, own, ctx, prompts, pm=pm, plugins=registry)
     records = gather(ctx.folder, -(-len(prompts) // view.generate.chunk_size))
     for r in records:
         r["passed"] = r["score"] >= view.eval.pass_score

@@ -20,7 +20,7 @@ from tempering.pipeline.samples import ChunkLog, done_chunks, finalise, gather
 from tempering.recipe import DataSource, Recipe
 
 __all__ = ["Prompt", "StageContext", "read_prompts", "build_generator", "sample_records",
-           "run_chunks", "run_generate", "chunk_seed"]
+           "run_chunks", "run_shards", "wants_own_process", "run_generate", "chunk_seed"]
 
 
 @dataclass(frozen=True)
@@ -173,12 +173,21 @@ def run_chunks(folder: Path, count: int, chunk_size: int, work: Any, *, rank: in
             bar.update(1)
 
 
-def run_shards(shard: Callable[..., None], view: Recipe, registry: Any, world: int,
+def wants_own_process(view: Recipe, registry: Any, *, generator: bool = False,
+                      scorers: bool = False) -> bool:
+    """Whether the stage's generation backend (``generator``) or one of its scorers
+    (``scorers``) asks for a process of its own."""
+    return ((generator and registry.get("generator", view.generate.generator.name).own_process)
+            or (scorers and any(registry.get("scorer", s.name).own_process
+                                for s in view.score.scorers)))
+
+
+def run_shards(shard: Callable[..., None], view: Recipe, world: int, own_process: bool,
                *args: Any, **here: Any) -> None:
     """``shard(rank, world, view, *args)`` on each of ``world`` ranks: in this process for one
-    rank (with the keyword arguments ``here`` too), unless the backend asks for a process of
-    its own (then, and for several ranks, in spawned processes that end with the stage)."""
-    if world == 1 and not registry.get("generator", view.generate.generator.name).own_process:
+    rank (with the keyword arguments ``here`` too), unless ``own_process`` (then, and for
+    several ranks, in spawned processes that end with the stage, taking what they loaded)."""
+    if world == 1 and not own_process:
         shard(0, 1, view, *args, **here)
         return
     import torch.multiprocessing as mp
@@ -217,7 +226,8 @@ def run_generate(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dic
                          f"{g.generator.name!r} does not generate in this process; use its own "
                          "parallelism (concurrency, tensor_parallel_size)")
     ctx.folder.mkdir(parents=True, exist_ok=True)
-    run_shards(_generate_shard, view, registry, world, ctx, prompts)
+    run_shards(_generate_shard, view, world, wants_own_process(view, registry, generator=True),
+               ctx, prompts)
     chunks = -(-len(prompts) // g.chunk_size)
     records = gather(ctx.folder, chunks)
     summary = {"stage": "generate", "round": ctx.round, "prompts": len(prompts),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from tempering.pipeline.generate import StageContext, run_chunks
+from tempering.pipeline.generate import StageContext, run_chunks, run_shards, wants_own_process
 from tempering.pipeline.samples import finalise, gather, read_samples
 from tempering.recipe import Recipe
 
@@ -59,16 +59,29 @@ def _input(ctx: StageContext) -> list[dict[str, Any]]:
     return read_samples(ctx.input)
 
 
+def _score_shard(rank: int, world: int, view: Recipe, ctx: StageContext,
+                 plugins: Any = None) -> None:
+    """Score the input's chunks that are not written yet (a spawned process builds its own
+    plugins)."""
+    from tempering.plugin_manager import build_plugin_manager, build_registry
+
+    registry = plugins or build_registry(build_plugin_manager(view.plugins))
+    records = _input(ctx)
+
+    def work(chunk: int, start: int, stop: int) -> list[dict[str, Any]]:
+        return score_records(view, records[start:stop], registry, ctx.label)
+
+    run_chunks(ctx.folder, len(records), view.score.chunk_size, work, rank=rank, world=world,
+               desc=f"Scoring ({ctx.label})")
+
+
 def run_score(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[str, Any]:
     """Score every input sample, a chunk at a time (resumable like generation)."""
     records = _input(ctx)
     size = view.score.chunk_size
     ctx.folder.mkdir(parents=True, exist_ok=True)
-
-    def work(chunk: int, start: int, stop: int) -> list[dict[str, Any]]:
-        return score_records(view, records[start:stop], registry, ctx.label)
-
-    run_chunks(ctx.folder, len(records), size, work, desc=f"Scoring ({ctx.label})")
+    run_shards(_score_shard, view, 1, wants_own_process(view, registry, scorers=True), ctx,
+               plugins=registry)
     scored = gather(ctx.folder, -(-len(records) // size))
     summary = {"stage": "score", "round": ctx.round, "num_samples": len(scored),
                "scorers": _scorer_keys(view), **score_stats(scored)}

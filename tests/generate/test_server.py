@@ -165,3 +165,28 @@ def test_serve_loads_a_saved_run_model(tmp_path, local) -> None:
     assert [c[0].text for c in generator.generate(PROMPTS, params)] == \
         [c[0].text for c in local.generate(PROMPTS, params)]
     assert count(PROMPTS[0]) > 5
+
+
+def test_a_generate_stage_with_the_openai_backend_against_tempering_serve(url, local,
+                                                                          tiny_recipe,
+                                                                          tmp_path) -> None:
+    """The whole stage through the real client: the served model's greedy answers, in prompt
+    order, with the backend named in each record's provenance."""
+    from tempering.pipeline import run_pipeline
+    from tempering.pipeline.samples import read_samples
+    from tempering.recipe import load_recipe
+
+    recipe = {**tiny_recipe, "stages": [{"kind": "generate"}],
+              "generate": {"prompts": tiny_recipe["data"]["validation"], "max_prompts": 5,
+                           "chunk_size": 2, "sampling": {"n": 2, "temperature": 0.0,
+                                                         "max_new_tokens": 8},
+                           "generator": {"name": "openai", "options": {
+                               "model": "tiny", "base_url": url, "api_key_env": None}}}}
+    run_pipeline(load_recipe(recipe))
+    samples = read_samples(tmp_path / "run" / "round-1" / "0-generate" / "samples.jsonl")
+    assert len(samples) == 10 and {s["generator"] for s in samples} == {"openai"}
+    prompts = [s["messages"][:-1] for s in samples[::2]]
+    want = local.generate(prompts, GenerationParams(n=2, max_new_tokens=8))
+    assert [s["text"] for s in samples] == [c.text for answers in want for c in answers]
+    assert all(s["num_tokens"] > 0 and s["finish_reason"] in ("stop", "length")
+               for s in samples)

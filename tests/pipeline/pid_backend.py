@@ -1,10 +1,11 @@
-"""A test plugin: a backend that asks for a process of its own and answers with its pid."""
+"""A test plugin: a backend and a scorer that ask for a process of their own and answer with
+their pid."""
 
 from __future__ import annotations
 
 import os
 
-from tempering import Completion, GeneratorBackend, hookimpl
+from tempering import Completion, GeneratorBackend, Scorer, hookimpl
 
 
 class _PidGenerator:
@@ -17,3 +18,9 @@ class _PidGenerator:
 def register_generators():
     return [GeneratorBackend("pid_echo", lambda context: _PidGenerator(), in_process=False,
                              own_process=True)]
+
+
+@hookimpl
+def register_scorers():
+    return [Scorer("pid_score", lambda prompts, completions, references: [float(os.getpid())]
+                   * len(completions), own_process=True)]

@@ -171,15 +171,73 @@ def test_two_ranks_share_the_prompts_none_lost_or_drawn_twice(tiny_recipe, tmp_p
     assert a == b
 
 
-def test_a_backend_that_asks_for_its_own_process_gets_one_per_stage(tiny_recipe, tmp_path):
-    """vLLM's GPU memory must be gone before training: such a backend generates (and
-    evaluates) in a spawned process that ends with the stage, even on one device."""
+def test_a_backend_or_scorer_that_asks_for_its_own_process_gets_one_per_stage(tiny_recipe,
+                                                                            tmp_path):
+    """vLLM's or a reward model's GPU memory must be gone before training: such a backend or
+    scorer runs in a spawned process that ends with the stage, even on one device."""
     recipe = _pipeline(tiny_recipe, plugins=["tests.pipeline.pid_backend"],
-                       stages=[{"kind": "generate"}, {"kind": "eval"}])
+                       stages=[{"kind": "generate"}, {"kind": "score"}, {"kind": "eval"}])
     recipe["generate"]["generator"] = {"name": "pid_echo"}
+    recipe["score"] = {"scorers": ["pid_score"]}
     run_pipeline(load_recipe(recipe))
     base = tmp_path / "run" / "round-1"
-    pids = {s["text"] for s in read_samples(base / "0-generate" / "samples.jsonl")}
-    eval_pids = {s["text"] for s in read_samples(base / "1-eval" / "samples.jsonl")}
-    assert len(pids) == 1 and len(eval_pids) == 1 and pids != eval_pids
-    assert str(os.getpid()) not in pids | eval_pids
+    generated = {s["text"] for s in read_samples(base / "0-generate" / "samples.jsonl")}
+    scored = {str(int(s["score"])) for s in read_samples(base / "1-score" / "samples.jsonl")}
+    evaluated = read_samples(base / "2-eval" / "samples.jsonl")
+    in_eval = {s["text"] for s in evaluated} | {str(int(s["score"])) for s in evaluated}
+    assert len(generated) == len(scored) == len(in_eval) == 1
+    assert len(generated | scored | in_eval) == 3
+    assert str(os.getpid()) not in generated | scored | in_eval
+
+
+def test_each_sample_stage_logs_a_table_and_a_dataset_artifact_to_wandb(tiny_recipe, tmp_path):
+    from tests.wandb_offline import read_run, records
+
+    recipe = _pipeline(tiny_recipe, stages=[{"kind": "generate"}, {"kind": "score"}],
+                       wandb={"enabled": True, "mode": "offline", "project": "t"})
+    run_pipeline(load_recipe(recipe))
+    folder = tmp_path / "run" / "round-1" / "1-score"
+    summary = json.loads((folder / "summary.json").read_text())
+    run_dir = Path(summary["wandb_dir"])
+    run = read_run(run_dir)
+    table = next(h for h in run["history"] if "samples/_type" in h)
+    assert table["samples/_type"] == "table-file" and table["samples/nrows"] == 18
+    assert run["summary"]["num_samples"] == 18 and run["summary"]["stage"] == "score"
+    logged = [r.artifact for r in records(next(run_dir.glob("run-*.wandb")))
+              if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "dataset"]
+    assert len(logged) == 1 and json.loads(logged[0].metadata)["records"] == 18
+    assert {e.path for e in logged[0].manifest.contents} == {"samples.jsonl"}
+
+
+def test_a_student_with_its_own_tokenizer_and_template_trains_on_the_teachers_samples(
+        tiny_recipe, tmp_path):
+    """Sequence distillation across tokenizers: samples are stored as messages, and the
+    student renders them with its own template and tokenizes them with its own tokenizer."""
+    from transformers import AutoTokenizer
+
+    from tools.build_assets import build_tokenizer, generate_tasks, tiny_llama_config
+
+    texts = [m["content"] for r in generate_tasks(300, seed=4) for m in r["messages"]]
+    student_tok = build_tokenizer(texts, vocab_size=420)
+    student_dir = tmp_path / "student-model"
+    student_tok.save_pretrained(student_dir)
+    tiny_llama_config(student_tok).save_pretrained(student_dir)
+    stages = [{"kind": "train", "id": "teacher"},
+              {"kind": "generate", "model_from": "teacher"},
+              {"kind": "train", "id": "student", "model_from": "recipe",
+               "model": {"name_or_path": str(student_dir)}, "chat_template": "llama3",
+               "data": {"train": [{"path": "stage:generate"}]}}]
+    run_pipeline(load_recipe(_pipeline(tiny_recipe, stages=stages)))
+    base = tmp_path / "run" / "round-1"
+    summary = json.loads((base / "2-student" / "summary.json").read_text())
+    final = Path(summary["final_model"])
+    teacher_tok = AutoTokenizer.from_pretrained(base / "0-teacher" / "final")
+    trained_tok = AutoTokenizer.from_pretrained(final)
+    assert len(trained_tok) == len(student_tok) != len(teacher_tok)
+    assert json.loads((final / "config.json").read_text())["vocab_size"] == len(student_tok)
+    assert "<|start_header_id|>" in (final / "chat_template.jinja").read_text()
+    sample = read_samples(base / "1-generate" / "samples.jsonl")[0]["messages"]
+    rendered = trained_tok.apply_chat_template(sample[:-1], tokenize=False)
+    assert "<|start_header_id|>user" in rendered and "<|im_start|>" not in rendered
+    content = sample[0]["content"]
+    assert trained_tok(content)["input_ids"] != teacher_tok(content)["input_ids"]
