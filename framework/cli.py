@@ -288,12 +288,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from tempering.chat.templates import TemplateError
     from tempering.data.sources import DataError
+    from tempering.generate.sandbox import SandboxError
     from tempering.plugin_manager import ComponentError
     from tempering.recipe import RecipeError
     from tempering.train.logit_check import UnsupportedModelError
 
     return (RecipeError, DataError, TemplateError, ComponentError, FileNotFoundError,
-            MisconfigurationException, UnsupportedModelError, ValueError)
+            MisconfigurationException, UnsupportedModelError, SandboxError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,8 +68,10 @@ def _isolate_filesystem(cfg, mount, umount):
     tmpfs = f"size={cfg['tmpfs_mb']}m,mode=1777"
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
     home, prefix = cfg.get("home"), sys.base_prefix
-    if home and os.path.isdir(home) and os.path.realpath(home) not in ("/", "/tmp"):
-        home = os.path.realpath(home)
+    home = os.path.realpath(home) if home and os.path.isdir(home) else None
+    if home in ("/", "/tmp"):
+        home = None
+    if home:
         inside = prefix == home or prefix.startswith(home + os.sep)
         if inside:
             os.mkdir("/tmp/.python")
@@ -80,9 +82,12 @@ def _isolate_filesystem(cfg, mount, umount):
             mount("/tmp/.python", prefix, None, MS_BIND | MS_REC)
             umount("/tmp/.python")
             os.rmdir("/tmp/.python")
+    hidden = (home + os.sep) if home else None
     for target, keep in _mounts():
         if target == "/tmp" or target == "/proc" or target.startswith("/proc/"):
             continue
+        if hidden and target.startswith(hidden) and not target.startswith(prefix):
+            continue  # under the hidden home: no longer reachable
         mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
     os.mkdir("/tmp/work", 0o700)
     return "/tmp/work"

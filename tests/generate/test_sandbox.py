@@ -168,3 +168,22 @@ def test_missing_namespaces_are_an_error_unless_waived(monkeypatch):
 def test_bad_limits_name_the_field():
     with pytest.raises(ValueError, match="wall_seconds"):
         SandboxLimits(wall_seconds=0)
+
+
+def test_a_score_stage_on_a_machine_without_namespaces_stops_with_one_line(
+        monkeypatch, tiny_recipe, tmp_path, capsys):
+    import yaml
+
+    from tempering.cli import main
+
+    monkeypatch.setattr(sandbox, "_namespaces_work", lambda: "unshare(1) is not available")
+    recipe = {**tiny_recipe, "stages": [{"kind": "generate"}, {"kind": "score"}],
+              "generate": {"prompts": tiny_recipe["data"]["validation"], "max_prompts": 2,
+                           "sampling": {"max_new_tokens": 4}},
+              "score": {"scorers": ["python_tests"]}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("tempering: error: the python_tests sandbox needs Linux namespaces")
+    assert "require_namespaces: false" in err
