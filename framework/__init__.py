@@ -53,6 +53,8 @@ _LAZY = {
     "supervised_positions": "tempering.train.losses",
     "supervised_hidden": "tempering.train.losses",
     "token_nll": "tempering.train.losses",
+    "common_vocab": "tempering.train.losses",
+    "chunk_rows": "tempering.train.losses",
     "PerfLogger": "tempering.train.callbacks",
     "load_causal_lm": "tempering.models",
     "load_fast_tokenizer": "tempering.models",

@@ -36,7 +36,7 @@ def _eval_sums(context: LossContext, hidden: torch.Tensor, targets: torch.Tensor
     """Objective sum and plain NLL sum from the same logits, chunk by chunk (no gradients)."""
     import torch
 
-    from tempering import project_logits, token_nll
+    from tempering import common_vocab, project_logits, token_nll
 
     loss = hidden.new_zeros((), dtype=torch.float32)
     nll = hidden.new_zeros((), dtype=torch.float32)
@@ -46,7 +46,8 @@ def _eval_sums(context: LossContext, hidden: torch.Tensor, targets: torch.Tensor
         teacher = (None if teacher_hidden is None
                    else project_logits(context.teacher, teacher_hidden[i:i + step]))
         part = targets[i:i + step]
-        loss = loss + context.objective.per_token(logits, part, teacher, **context.options).sum()
+        shared, teacher = common_vocab(logits, teacher)
+        loss = loss + context.objective.per_token(shared, part, teacher, **context.options).sum()
         nll = nll + token_nll(logits, part).sum()
     return loss, nll
 

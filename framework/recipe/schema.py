@@ -115,8 +115,14 @@ class OptimConfig:
 class TrainConfig:
     seed: int = doc("Seed for model init, data order and everything else.", 0)
     output_dir: str = doc("Run directory (checkpoints, final model, summary).", "runs/{name}")
-    loss_chunk_size: int = doc("Supervised positions projected to the vocabulary at a time "
-                               "(0: all at once).", 1024, minimum=0)
+    loss_chunk_size: int | None = doc(
+        "Supervised positions projected to the vocabulary at a time (0: all at once; null: as "
+        "many as `loss_chunk_mb` allows at the models' vocabulary).", minimum=0)
+    loss_chunk_mb: float = doc(
+        "Memory budget of one chunk of logits when `loss_chunk_size` is null: positions per "
+        "chunk = budget / (4 bytes x (policy vocabulary + teacher vocabulary)), so the chunk "
+        "shrinks as the vocabulary grows (256 MB: 512 positions at 128k without a teacher).",
+        256.0, minimum=1)
     checkpoint_every_n_steps: int | None = doc("Also keep a resumable checkpoint every N steps "
                                                "(`checkpoints/step-N.ckpt`, all kept).",
                                                minimum=1)

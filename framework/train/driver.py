@@ -19,6 +19,7 @@ from tempering.run_dir import prepare_run_dir
 from tempering.tracking import finish_tracking, log_run_end, log_run_start, make_logger
 from tempering.train.checkpoints import GracefulStop, LastCheckpoint, RunInterrupted
 from tempering.train.module import CausalLMModule
+from tempering.train.teacher import check_teacher_vocabulary
 
 __all__ = ["run_recipe", "trainer_arguments", "build_strategy"]
 
@@ -309,6 +310,7 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     prepare_run_dir(recipe, output_dir)  # never mix this run with an earlier one
     _refuse_unsupported_early(pm, recipe)
     tokenizer = pm.hook.load_tokenizer(config=recipe.model)
+    check_teacher_vocabulary(pm, recipe, tokenizer)
     dm = ConversationDataModule(recipe, tokenizer, pm, registry)
     module = CausalLMModule(recipe, pm, registry)
     logger = make_logger(recipe, output_dir)

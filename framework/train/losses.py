@@ -17,7 +17,8 @@ from torch.utils.checkpoint import checkpoint
 from tempering.chat.encoding import IGNORE_INDEX
 
 __all__ = ["LossContext", "LossOutput", "forward_hidden", "project_logits", "chunked_per_token",
-           "supervised_positions", "supervised_hidden", "token_nll"]
+           "supervised_positions", "supervised_hidden", "token_nll", "chunk_rows", "vocab_size",
+           "common_vocab"]
 
 
 @dataclass
@@ -100,6 +101,30 @@ def project_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def vocab_size(model: Any) -> int:
+    """Rows of the model's output layer, from its config (also when its weights are sharded)."""
+    return int(model.config.get_text_config(decoder=True).vocab_size)
+
+
+def chunk_rows(size: int | None, budget_mb: float, vocabularies: list[int]) -> int:
+    """Positions per loss chunk: ``size`` when given (0: all), else as many as keep one chunk's
+    float32 logits of every model (policy, teacher) within ``budget_mb``."""
+    if size is not None:
+        return size
+    return max(1, int(budget_mb * 2**20) // (4 * max(1, sum(vocabularies))))
+
+
+def common_vocab(logits: torch.Tensor, teacher_logits: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Both models' logits over the rows they share: a teacher whose embedding matrix is only
+    padded larger (152064 vs 151936 rows) has padding rows no token uses (the tokenizers
+    were checked to be the same before training)."""
+    if teacher_logits is None or teacher_logits.shape[-1] == logits.shape[-1]:
+        return logits, teacher_logits
+    v = min(logits.shape[-1], teacher_logits.shape[-1])
+    return logits[..., :v], teacher_logits[..., :v]
+
+
 def token_nll(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Any = None
               ) -> torch.Tensor:  # [n]
     """Plain next-token negative log-likelihood, in float32 (perplexity is exp of its mean)."""
@@ -113,7 +138,8 @@ def _chunk(model: Any, per_token: Any, options: dict[str, Any], teacher: Any,
     if teacher_hidden is not None:
         with torch.no_grad():
             teacher_logits = project_logits(teacher, teacher_hidden)
-    return per_token(project_logits(model, hidden), targets, teacher_logits, **options)
+    logits, teacher_logits = common_vocab(project_logits(model, hidden), teacher_logits)
+    return per_token(logits, targets, teacher_logits, **options)
 
 
 def chunked_per_token(

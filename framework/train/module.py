@@ -75,7 +75,6 @@ class CausalLMModule(pl.LightningModule):
         self.recipe, self.pm = recipe, plugin_manager
         self.objective = registry.get("objective", recipe.objective.name)
         self.objective_options = dict(recipe.objective.options)
-        self.loss_chunk_size = recipe.train.loss_chunk_size
         if self.objective.needs_teacher and teacher is None and recipe.teacher is None:
             raise ValueError(f"objective {self.objective.name!r} needs a teacher model "
                              "(recipe key teacher)")
@@ -143,6 +142,16 @@ class CausalLMModule(pl.LightningModule):
         self._no_decay = no_decay_names(self.model)
 
     # -- steps ------------------------------------------------------------------------------
+
+    @property
+    def loss_chunk_size(self) -> int:
+        """Positions per loss chunk: the recipe's, or what its byte budget allows at the
+        vocabularies of the policy and the teacher."""
+        from tempering.train.losses import chunk_rows, vocab_size
+
+        models = [m for m in (self.model, self.teacher) if m is not None]
+        return chunk_rows(self.recipe.train.loss_chunk_size, self.recipe.train.loss_chunk_mb,
+                          [vocab_size(m) for m in models])
 
     def loss_context(self) -> LossContext:
         return LossContext(self.model, self.objective, self.objective_options,
