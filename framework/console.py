@@ -163,7 +163,7 @@ def rounds_markdown(table: list[dict[str, Any]]) -> str:
 
 
 def _stage_line(entry: dict[str, Any]) -> str:
-    keys = {"train": ("global_step", "val_loss"), "generate": ("prompts", "num_samples"),
+    keys = {"train": ("global_step", "val_loss", "val_perplexity"), "generate": ("prompts", "num_samples"),
             "score": ("num_samples", "mean_score"), "filter": ("candidates", "kept", "yield"),
             "eval": ("pass@1", "pass@N")}[entry["kind"]]
     shown = ", ".join(f"{k} {entry[k]:.3f}" if isinstance(entry.get(k), float) else

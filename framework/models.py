@@ -52,18 +52,27 @@ def load_fast_tokenizer(cfg: ModelConfig, key: str = "model") -> Any:
 
 
 def load_model_config(cfg: ModelConfig, key: str = "model") -> Any:
-    """The model's ``transformers`` config (no weights)."""
+    """The model's ``transformers`` config (no weights), with ``config_overrides`` applied."""
     from transformers import AutoConfig
 
     location = resolve_bundled(cfg.name_or_path)
     with loading(f"{key}.name_or_path", location):
-        return AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code,
-                                          revision=cfg.revision)
+        config = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code,
+                                            revision=cfg.revision)
+    if cfg.config_overrides and cfg.init != "random":
+        raise RecipeError(f"{key}.config_overrides: only with {key}.init: random (pretrained "
+                          "weights fix the architecture)")
+    for name, value in cfg.config_overrides.items():
+        if not hasattr(config, name):
+            raise RecipeError(f"{key}.config_overrides.{name}: not a key of "
+                              f"{type(config).__name__}")
+        setattr(config, name, value)
+    return config
 
 
 def load_causal_lm(cfg: ModelConfig, seed: int, key: str = "model") -> Any:
     """``AutoModelForCausalLM`` from weights (``init: pretrained``) or from its config."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     location = resolve_bundled(cfg.name_or_path)
     dtype = _DTYPES.get(cfg.dtype, "auto")
@@ -71,9 +80,7 @@ def load_causal_lm(cfg: ModelConfig, seed: int, key: str = "model") -> Any:
     if cfg.attn_implementation:
         common["attn_implementation"] = cfg.attn_implementation
     if cfg.init == "random":
-        with loading(f"{key}.name_or_path", location):
-            config = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code,
-                                                revision=cfg.revision)
+        config = load_model_config(cfg, key)
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype if dtype != "auto" else torch.float32,

@@ -163,6 +163,23 @@ class _Pipeline:
         return {"model": stage.model} if handed is None else {"model": handed.model,
                                                                 **handed.template}
 
+    def teacher_of(self, stage: Stage, label: str, registry: Any) -> Any:
+        """The recipe's teacher for a training stage whose objective uses one (None for the
+        others); ``stage:<id>`` is that training stage's latest final model."""
+        teacher = self.recipe.teacher
+        needs = stage.kind == "train" and registry.get("objective", stage.objective.name
+                                                       ).needs_teacher
+        if teacher is None or not needs:
+            return None
+        if not teacher.name_or_path.startswith(STAGE_PATH):
+            return teacher
+        source = teacher.name_or_path[len(STAGE_PATH):]
+        if source not in self.trained:
+            raise RecipeError(f"{label}: teacher {teacher.name_or_path}: that stage has not "
+                              "run yet")
+        return dataclasses.replace(self.trained[source].model, dtype=teacher.dtype,
+                                   attn_implementation=teacher.attn_implementation)
+
     def data_of(self, stage: Stage, label: str) -> Any:
         """The stage's data sections with ``stage:<id>`` paths made the files they name."""
         def resolve(source: Any) -> Any:
@@ -194,11 +211,12 @@ class _Pipeline:
 
 
 def _view(recipe: Recipe, stage: Stage, state: _Pipeline, r: int, i: int, folder: Path,
-          label: str) -> Recipe:
+          label: str, registry: Any) -> Recipe:
     resume = stage.train.resume_from
     if resume == "last" and not (folder / "checkpoints" / "last.ckpt").exists():
         resume = None  # a stage that never started starts; the interrupted one resumes
     return stage_recipe(recipe, stage, **state.model_of(stage, label),
+                        teacher=state.teacher_of(stage, label, registry),
                         data=state.data_of(stage, label), name=f"{recipe.name}-r{r}-{i}",
                         train=dataclasses.replace(stage.train, output_dir=str(folder),
                                                   resume_from=resume))
@@ -213,7 +231,7 @@ def _run_stage(recipe: Recipe, stage: Stage, sid: str, state: _Pipeline, r: int,
                callbacks: list[Any] | None, pm: Any, registry: Any) -> dict[str, Any]:
     folder = stage_folder(state.base, r, i, stage)
     label = f"{folder.parent.name}/{folder.name}"
-    view = _view(recipe, stage, state, r, i, folder, label)
+    view = _view(recipe, stage, state, r, i, folder, label, registry)
     summary = _earlier_run(folder, view, stage.kind)
     if summary is not None:
         print(f"tempering: {label} finished earlier ({folder}); skipping it", file=sys.stderr)
@@ -282,9 +300,11 @@ def run_pipeline(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str
     return result
 
 
-_REPORTED = ("global_step", "val_loss", "final_model", "exact_match", "prompts", "num_samples",
-             "candidates", "kept", "prompts_kept", "yield", "mean_score", "max_score",
-             "pass@1", "pass@N", "N", "eval_prompts")
+_REPORTED = ("global_step", "val_loss", "val_perplexity", "final_model", "exact_match",
+             "prompts", "num_samples", "candidates", "kept", "prompts_kept", "yield",
+             "mean_score", "max_score", "pass@1", "pass@N", "N", "eval_prompts")
+
+
 def rounds_table(done: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per eval stage run, with the yield, kept count and candidate scores of the
     filter (and score) stages of its round that ran before it; a round's filter results

@@ -335,6 +335,19 @@ def check_stage_references(recipe: Recipe) -> None:
             if not 1 <= r <= recipe.rounds:
                 raise RecipeError(f"stages[{i}].in_rounds: round {r} is not one of 1.."
                                   f"{recipe.rounds}")
+    _check_teacher_stage(recipe, ids)
+
+
+def _check_teacher_stage(recipe: Recipe, ids: dict[str, int]) -> None:
+    """``teacher.name_or_path: stage:<id>`` names a training stage (whose final model is the
+    teacher of the stages after it)."""
+    path = recipe.teacher.name_or_path if recipe.teacher else ""
+    if not path.startswith(STAGE_PATH):
+        return
+    trained = [s for s, i in ids.items() if recipe.stages[i].kind == "train"]
+    if path[len(STAGE_PATH):] not in trained:
+        raise RecipeError(f"teacher.name_or_path: {path}: no training stage "
+                          f"{path[len(STAGE_PATH):]!r}{closest(path[len(STAGE_PATH):], trained)}")
 
 
 def _check_trainer_args(trainer: dict[str, Any], where: str = "") -> None:

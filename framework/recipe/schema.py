@@ -60,6 +60,9 @@ class ModelConfig:
     revision: str | None = doc("Hub revision (branch, tag or commit).")
     attn_implementation: str | None = doc("`sdpa`, `eager`, `flash_attention_2`, ...", "sdpa")
     gradient_checkpointing: bool = doc("Recompute activations in backward to save memory.", False)
+    config_overrides: dict[str, Any] = doc(
+        "With `init: random`, config keys set before the model is built (a smaller student of a "
+        "family: `{hidden_size: 64, num_hidden_layers: 2}`).", factory=dict)
 
 
 @dataclass

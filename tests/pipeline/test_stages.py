@@ -241,3 +241,46 @@ def test_a_student_with_its_own_tokenizer_and_template_trains_on_the_teachers_sa
     assert "<|start_header_id|>user" in rendered and "<|im_start|>" not in rendered
     content = sample[0]["content"]
     assert trained_tok(content)["input_ids"] != teacher_tok(content)["input_ids"]
+
+
+def test_a_student_distils_online_from_a_teacher_trained_in_the_recipe(tiny_recipe, tmp_path):
+    stages = [{"kind": "train", "id": "teacher"},
+              {"kind": "train", "id": "student", "model_from": "recipe",
+               "model": {"config_overrides": {"hidden_size": 32, "intermediate_size": 64,
+                                              "num_hidden_layers": 1}},
+               "objective": {"name": "jsd", "beta": 0.5}}]
+    recipe = _pipeline(tiny_recipe, stages=stages,
+                       teacher={"name_or_path": "stage:teacher", "dtype": "float32"})
+    run_pipeline(load_recipe(recipe))
+    base = tmp_path / "run" / "round-1"
+    teacher_view = json.loads((base / "0-teacher" / "stage_recipe.json").read_text())
+    student_view = json.loads((base / "1-student" / "stage_recipe.json").read_text())
+    assert teacher_view["teacher"] is None  # a stage whose objective needs none loads none
+    assert student_view["teacher"]["name_or_path"].endswith("0-teacher/final")
+    config = json.loads((base / "1-student" / "final" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (32, 1)
+    summary = json.loads((base / "1-student" / "summary.json").read_text())
+    assert summary["global_step"] == 6 and summary["val_perplexity"] > 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"teacher": {"name_or_path": "stage:teachr"}},
+     "teacher.name_or_path: stage:teachr: no training stage 'teachr'; did you mean 'teacher'"),
+    ({"model": {"config_overrides": {"hidden_sise": 8}}, "model_init": "random"},
+     "model.config_overrides.hidden_sise: not a key of LlamaConfig"),
+    ({"model": {"config_overrides": {"hidden_size": 8}}, "model_init": "pretrained"},
+     "model.config_overrides: only with model.init: random"),
+])
+def test_teacher_and_student_mistakes_are_one_line(tiny_recipe, change, message):
+    init = change.pop("model_init", None)
+    stages = [{"kind": "train", "id": "teacher"},
+              {"kind": "train", "id": "student", "objective": "soft_kl"}]
+    recipe = _pipeline(tiny_recipe, stages=stages,
+                       teacher={"name_or_path": "stage:teacher"})
+    for key, value in change.items():
+        recipe[key] = {**recipe.get(key, {}), **value} if key != "teacher" else value
+    if init:
+        recipe["model"]["init"] = init
+    with pytest.raises(RecipeError) as err:
+        run_pipeline(load_recipe(recipe))
+    assert message in str(err.value) and "\n" not in str(err.value)
