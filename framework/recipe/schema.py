@@ -124,7 +124,9 @@ class TrainConfig:
     loss_chunk_mb: float = doc(
         "Memory budget of one chunk of logits when `loss_chunk_size` is null: positions per "
         "chunk = budget / (4 bytes x (policy vocabulary + teacher vocabulary)), so the chunk "
-        "shrinks as the vocabulary grows (256 MB: 512 positions at 128k without a teacher).",
+        "shrinks as the vocabulary grows (256 MB: 512 positions at 128k without a teacher). The "
+        "loss's peak working memory is a small multiple of it (about 6x with jsd: the "
+        "objective's float32 temporaries in the recomputed backward).",
         256.0, minimum=1)
     checkpoint_every_n_steps: int | None = doc("Also keep a resumable checkpoint every N steps "
                                                "(`checkpoints/step-N.ckpt`, all kept).",

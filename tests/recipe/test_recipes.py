@@ -97,12 +97,18 @@ def test_a_missing_recipe_suggests_bundled_names():
         load_recipe("sft-quikstart")
 
 
-@pytest.mark.parametrize("name", ["sft-qwen2.5-0.5b", "sft-llama3-8b-fsdp"])
-def test_real_model_recipes_run_on_cpu_with_the_tiny_model_swapped_in(name, tmp_path):
-    """Only the model, data location and hardware change; everything else runs as written."""
+TINY_TEACHER = ["teacher.name_or_path=bundled:tiny-llama", "teacher.init=random",
+                "teacher.dtype=float32"]
+
+
+@pytest.mark.parametrize(("name", "extra"), [
+    ("sft-qwen2.5-0.5b", []), ("sft-llama3-8b-fsdp", []),
+    ("distill-llama3-8b-to-1b-fsdp", TINY_TEACHER)])
+def test_real_model_recipes_run_on_cpu_with_the_tiny_model_swapped_in(name, extra, tmp_path):
+    """Only the models, data location and hardware change; everything else runs as written."""
     from tempering.train.driver import run_recipe
 
-    overrides = [
+    overrides = [*extra,
         "model.name_or_path=bundled:tiny-llama", "model.init=random", "model.dtype=float32",
         "data.train=[{path: bundled:data/tasks_train.jsonl, format: messages, max_records: 120}]",
         "data.validation=[{path: bundled:data/tasks_eval.jsonl, format: messages, "
