@@ -192,7 +192,18 @@ def run_shards(shard: Callable[..., None], view: Recipe, world: int, own_process
         return
     import torch.multiprocessing as mp
 
-    mp.start_processes(shard, args=(world, view, *args), nprocs=world, start_method="spawn")
+    try:
+        mp.start_processes(shard, args=(world, view, *args), nprocs=world, start_method="spawn")
+    except mp.ProcessRaisedException as exc:  # the child's traceback, as text
+        kind, _, message = str(exc).strip().splitlines()[-1].partition(": ")
+        if kind.rsplit(".", 1)[-1] in _USER_ERRORS:  # a mistake stays one line
+            raise ValueError(message) from exc
+        raise
+
+
+# Errors a spawned stage process reports that are a person's to fix (see cli._user_errors).
+_USER_ERRORS = ("ValueError", "RecipeError", "DataError", "TemplateError", "ComponentError",
+                "FileNotFoundError", "SandboxError")
 
 
 def _generate_shard(rank: int, world: int, view: Recipe, ctx: StageContext,

@@ -20,7 +20,12 @@ def register_generators():
                              own_process=True)]
 
 
+def _refuse(prompts, completions, references, threshold=0.0):
+    raise ValueError(f"pid_refuse: threshold {threshold} is not allowed")
+
+
 @hookimpl
 def register_scorers():
     return [Scorer("pid_score", lambda prompts, completions, references: [float(os.getpid())]
-                   * len(completions), own_process=True)]
+                   * len(completions), own_process=True),
+            Scorer("pid_refuse", _refuse, own_process=True)]

@@ -284,3 +284,12 @@ def test_teacher_and_student_mistakes_are_one_line(tiny_recipe, change, message)
     with pytest.raises(RecipeError) as err:
         run_pipeline(load_recipe(recipe))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_mistake_in_a_spawned_stage_process_is_one_line(tiny_recipe):
+    recipe = _pipeline(tiny_recipe, plugins=["tests.pipeline.pid_backend"],
+                       stages=[{"kind": "generate"}, {"kind": "score"}])
+    recipe["score"] = {"scorers": [{"name": "pid_refuse", "threshold": 2}]}
+    with pytest.raises(RecipeError) as err:
+        run_pipeline(load_recipe(recipe))
+    assert str(err.value) == "round-1/1-score: pid_refuse: threshold 2 is not allowed"
