@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -128,3 +129,27 @@ def test_a_teacher_with_another_tokenizer_is_refused_in_one_line(tiny_recipe, tm
     message = str(err.value)
     assert "has another tokenizer than the policy" in message and "\n" not in message
     assert "sequence-level distillation" in message and "distill-sequence-quickstart" in message
+
+
+def test_a_teacher_in_its_own_dtype_beside_a_float32_student(tiny_recipe, monkeypatch):
+    """The teacher loads in bf16 (frozen: no master weights), the student in float32; the
+    objective gets bf16 teacher logits and computes in float32."""
+    import tempering.plugins.objectives as objectives
+    from tempering.train.driver import run_recipe
+
+    seen: list[Any] = []
+    original = objectives.soft_kl
+
+    def spy(student, labels, teacher=None, **options):
+        seen.append((student.dtype, teacher.dtype))
+        return original(student, labels, teacher, **options)
+
+    monkeypatch.setattr(objectives, "soft_kl", spy)  # registered when the run's plugins load
+    tiny_recipe.update(objective={"name": "soft_kl", "temperature": 2.0},
+                       teacher={"name_or_path": "bundled:tiny-llama", "init": "random",
+                                "dtype": "bfloat16"})
+    tiny_recipe["trainer"]["max_steps"] = 3
+    tiny_recipe["train"]["save_final"] = False
+    summary = run_recipe(load_recipe(tiny_recipe))
+    assert summary["global_step"] == 3 and math.isfinite(summary["train_loss"])
+    assert seen and all(pair == (torch.float32, torch.bfloat16) for pair in seen)
