@@ -169,8 +169,10 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from tempering.recipe import bundled_recipes
 
-    for name, path in sorted(bundled_recipes().items()):
-        print(f"{name:<28} {path}")
+    recipes = sorted(bundled_recipes().items())
+    width = max((len(name) for name, _ in recipes), default=0)
+    for name, path in recipes:
+        print(f"{name:<{width}}  {path}")
     return 0
 
 
