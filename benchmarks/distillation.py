@@ -11,6 +11,10 @@ Built from the bundled ``distill-soft-quickstart`` recipe, run through tempering
    - ``sft``: cross-entropy on the tasks' reference answers (no teacher);
    - ``hard_ce``: cross-entropy on the teacher's argmax token at each position;
    - ``soft_kl T=t``: KL to the teacher's temperature-softened distribution, times T^2;
+   - ``soft_kl T=1 cached k=K``: the same as ``soft_kl T=1`` from a cached teacher
+     (``train.teacher_top_k``: its top K log-probabilities stored once, the rest spread
+     uniformly); "held-out loss at the start" (the objective for the untrained student) shows
+     how close the cached teacher is to the online one;
    - ``sequence``: the teacher answers the 3,000 prompts greedily (a generate stage) and the
      student is trained by SFT on those answers (no verifier filter: the comparison is of what
      each method learns from the teacher alone);
@@ -64,8 +68,12 @@ def _run(raw: dict[str, Any]) -> dict[str, Any]:
 def _results(summary: dict[str, Any], train_id: str, eval_id: str) -> dict[str, Any]:
     stages = {s["id"]: s for s in summary["stages"]}
     train, evaluation = stages[train_id], stages[eval_id]
+    full = json.loads((Path(train["output_dir"]) / "summary.json").read_text())
+    cache = full.get("teacher_cache", {}).get("train", {})
     return {"pass@1": evaluation["pass@1"], "val_perplexity": train.get("val_perplexity"),
-            "val_loss": train.get("val_loss"), "steps": train.get("global_step")}
+            "val_loss": train.get("val_loss"), "val_loss_before": full.get("val_loss_before"),
+            "cache_bytes_per_token": cache.get("bytes_per_token"),
+            "steps": train.get("global_step")}
 
 
 def _teacher(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -78,9 +86,13 @@ def _teacher(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return final, _results(summary, "teacher", "eval")
 
 
-def _student(raw: dict[str, Any], name: str, teacher: str, objective: Any) -> dict[str, Any]:
+def _student(raw: dict[str, Any], name: str, teacher: str, objective: Any,
+             top_k: int = 0) -> dict[str, Any]:
     run = copy.deepcopy(raw)
-    run.update(name=f"kd-{name}", stages=[_student_stage(raw, objective),
+    stage = _student_stage(raw, objective)
+    if top_k:
+        stage["train"] = {**stage.get("train", {}), "teacher_top_k": top_k}
+    run.update(name=f"kd-{name}", stages=[stage,
                                           {"kind": "eval", "id": "eval", "model_from": "student"}])
     if objective == "cross_entropy":
         run.pop("teacher")
@@ -127,6 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    parser.add_argument("--cached-k", type=int, nargs="*", default=[8, 32, 128],
+                        help="soft_kl T=1 again from a cached teacher with these top-k")
     parser.add_argument("--work", type=Path, default=Path("runs/distillation-benchmark"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
@@ -141,6 +155,10 @@ def main() -> None:
     for name, objective in methods:
         rows.append({"method": name, **_student(raw, name.replace(" ", "").replace("=", ""),
                                                  teacher, objective)})
+    for k in args.cached_k:
+        rows.append({"method": f"soft_kl T=1 cached k={k}",
+                     **_student(raw, f"cached{k}", teacher,
+                                {"name": "soft_kl", "temperature": 1.0}, top_k=k)})
     rows.append({"method": "sequence", **_sequence(raw, teacher)})
     import torch
 
@@ -149,9 +167,14 @@ def main() -> None:
             "steps": args.steps, "seconds": round(time.perf_counter() - started, 1),
             "student": raw["stages"][1]["model"]["config_overrides"]}
     (args.out / "distillation.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    table = ["| model | pass@1 | held-out perplexity | steps |", "|---|---|---|---|"]
-    table += [f"| {r['method']} | {r['pass@1']:.3f} | {r['val_perplexity']:.3f} | {r['steps']} |"
-              for r in rows]
+    def cell(value: Any, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    table = ["| model | pass@1 | held-out perplexity | held-out loss at the start | "
+             "cache bytes / token | steps |", "|---|---|---|---|---|---|"]
+    table += [f"| {r['method']} | {r['pass@1']:.3f} | {r['val_perplexity']:.3f} | "
+              f"{cell(r['val_loss_before'], '.4f')} | "
+              f"{cell(r['cache_bytes_per_token'], ',.0f')} | {r['steps']} |" for r in rows]
     (args.out / "distillation.md").write_text(
         "# Distillation methods at equal steps\n\n"
         f"`python benchmarks/distillation.py --steps {args.steps}` on {meta['machine']}, "

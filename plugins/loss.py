@@ -25,14 +25,23 @@ def _teacher_hidden(context: LossContext, batch: Batch, mask: torch.Tensor) -> A
 
     from tempering import forward_hidden
 
-    if not context.objective.needs_teacher:
+    if not context.objective.needs_teacher or "teacher_topk_ids" in batch:
         return None
     with torch.no_grad():
         return forward_hidden(context.teacher, batch)[:, :-1][mask]
 
 
+def _cached(context: LossContext, batch: Batch, start: int, stop: int, vocab: int) -> Any:
+    """Teacher log-probabilities of positions ``start:stop`` rebuilt from the cached top-k."""
+    from tempering import dense_logprobs
+
+    ids = batch["teacher_topk_ids"][start:stop]
+    lps = batch["teacher_topk_logprobs"][start:stop]
+    return dense_logprobs(ids, lps, vocab, context.teacher_tail)
+
+
 def _eval_sums(context: LossContext, hidden: torch.Tensor, targets: torch.Tensor,
-               teacher_hidden: Any) -> tuple[torch.Tensor, torch.Tensor]:
+               teacher_hidden: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Objective sum and plain NLL sum from the same logits, chunk by chunk (no gradients)."""
     import torch
 
@@ -41,9 +50,11 @@ def _eval_sums(context: LossContext, hidden: torch.Tensor, targets: torch.Tensor
     loss = hidden.new_zeros((), dtype=torch.float32)
     nll = hidden.new_zeros((), dtype=torch.float32)
     step = context.chunk_size if context.chunk_size > 0 else max(1, hidden.shape[0])
+    cached = "teacher_topk_ids" in batch
     for i in range(0, hidden.shape[0], step):
         logits = project_logits(context.model, hidden[i:i + step])  # [c, v]
-        teacher = (None if teacher_hidden is None
+        teacher = (_cached(context, batch, i, i + step, logits.shape[-1]) if cached
+                   else None if teacher_hidden is None
                    else project_logits(context.teacher, teacher_hidden[i:i + step]))
         part = targets[i:i + step]
         shared, teacher = common_vocab(logits, teacher)
@@ -67,10 +78,14 @@ def compute_loss(context: LossContext, batch: Batch) -> LossOutput:
     hidden = forward_hidden(context.model, batch)[:, :-1][mask]  # [n, d]
     teacher_hidden = _teacher_hidden(context, batch, mask)
     if not torch.is_grad_enabled():  # validation: the plain NLL comes from the same logits
-        loss, nll = _eval_sums(context, hidden, targets, teacher_hidden)
+        loss, nll = _eval_sums(context, hidden, targets, teacher_hidden, batch)
         return LossOutput(loss, int(targets.numel()), nll_sum=nll)
+    cached = None
+    if "teacher_topk_ids" in batch:
+        cached = (batch["teacher_topk_ids"], batch["teacher_topk_logprobs"],
+                  context.teacher_tail)
     per_token = chunked_per_token(
         context.model, context.objective.per_token, hidden, targets,
         chunk_size=context.chunk_size, options=context.options, teacher=context.teacher,
-        teacher_hidden=teacher_hidden)
+        teacher_hidden=teacher_hidden, teacher_topk=cached)
     return LossOutput(per_token.sum(), int(targets.numel()))

@@ -42,6 +42,12 @@ class Batch(_BatchRequired, total=False):
     micro-batch's optimizer step), summed over all ranks."""
     num_window_all_tokens: Tensor
     """Scalar, training only: real tokens of that window over all ranks (for throughput)."""
+    teacher_topk_ids: Tensor
+    """``[n, k]`` int32, with a cached teacher (``train.teacher_top_k``): the teacher's k most
+    likely next tokens at each of the ``n`` supervised positions, in the order the loss selects
+    them (row by row, left to right)."""
+    teacher_topk_logprobs: Tensor
+    """``[n, k]`` float16: their log-probabilities."""
 
 
 BATCH_KEYS = Batch.__required_keys__ | Batch.__optional_keys__

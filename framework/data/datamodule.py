@@ -6,6 +6,7 @@ import random
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import lightning.pytorch as pl
@@ -150,6 +151,7 @@ class ConversationDataModule(pl.LightningDataModule):
         self._train_loader: PlanLoader | None = None
         self._prepared = False
         self._stats: dict[str, Any] = {}
+        self._teacher_cache: dict[str, Any] = {}
 
     # -- Lightning hooks --------------------------------------------------------------------
 
@@ -206,6 +208,8 @@ class ConversationDataModule(pl.LightningDataModule):
             raise self._no_data(records, len(train))
         self.val_conversations = val
         self.val_data = self._tokenize(val, "Tokenizing validation") if val else None
+        if self.recipe.teacher is not None and self.recipe.train.teacher_top_k:
+            self._cache_teacher()
         lengths, supervised = self.train_data["length"], self.train_data["num_supervised"]
         stops = Counter(i for ids in self.train_data["stop_ids"] for i in ids)
         self.stop_token_ids = [i for i, _ in stops.most_common()]
@@ -225,6 +229,37 @@ class ConversationDataModule(pl.LightningDataModule):
             "template_split_markers": {m.marker: m.pieces for m in self.encoder.split_markers},
         }
         self._prepared = True
+
+    def _cache_teacher(self) -> None:
+        """Offline distillation: the teacher's top-k at every supervised position, computed
+        once (the teacher is loaded only then) and read back by later runs and other ranks."""
+        from tempering.models import load_model_config
+        from tempering.train.teacher_cache import attach_teacher_cache
+
+        recipe, teacher = self.recipe, None
+
+        def load() -> Any:
+            nonlocal teacher
+            if teacher is None:
+                import torch
+
+                teacher = self.pm.hook.load_model(role="teacher", config=recipe.teacher,
+                                                  seed=recipe.train.seed).eval()
+                teacher.to("cuda" if torch.cuda.is_available() else "cpu")
+            return teacher
+
+        vocab = load_model_config(recipe.model).get_text_config(decoder=True).vocab_size
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad
+        import datasets
+
+        cache = Path(recipe.data.cache_dir or datasets.config.HF_DATASETS_CACHE) / "tempering"
+        self.train_data, stats = attach_teacher_cache(self.train_data, recipe, load, vocab, pad,
+                                                      cache, "train")
+        self._teacher_cache = {"train": stats}
+        if self.val_data is not None:
+            self.val_data, self._teacher_cache["validation"] = attach_teacher_cache(
+                self.val_data, recipe, load, vocab, pad, cache, "validation")
 
     def _no_data(self, records: int, readable: int) -> DataError:
         """Nothing to train on: say how much was read and why each record was set aside."""
@@ -252,11 +287,26 @@ class ConversationDataModule(pl.LightningDataModule):
         else:
             batch = collate_padded([data[row[0]] for row in rows], pad)
             tokens = int(batch["attention_mask"].sum())
+        if "teacher_ids" in data.column_names:
+            self._add_cached_teacher(batch, [data[i] for row in rows for i in row])
         real = int((batch["labels"] != IGNORE_INDEX).sum())
         batch["num_tokens"] = torch.tensor(tokens)
         batch["num_supervised"] = torch.tensor(real)
         batch["num_padding"] = torch.tensor(batch["input_ids"].numel() - tokens)
         return cast(Batch, batch)
+
+    def _add_cached_teacher(self, batch: Any, examples: list[dict[str, Any]]) -> None:
+        """The cached top-k of every supervised position, in the order the loss selects the
+        positions (row by row, each row's examples in order, each in position order)."""
+        k = self.recipe.train.teacher_top_k
+        ids = [i for e in examples for i in e["teacher_ids"]]
+        lps = [v for e in examples for v in e["teacher_logprobs"]]
+        batch["teacher_topk_ids"] = torch.tensor(ids, dtype=torch.int32).view(-1, k)
+        batch["teacher_topk_logprobs"] = torch.tensor(lps, dtype=torch.float16).view(-1, k)
+        expected = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        if batch["teacher_topk_ids"].shape[0] != expected:
+            raise RuntimeError(f"cached teacher rows {batch['teacher_topk_ids'].shape[0]} != "
+                               f"{expected} supervised positions: the cache is misaligned")
 
     def empty_micro_batches(self, world_size: int) -> int:
         """Empty micro-batches that complete the last round of ranks in an epoch of training."""
@@ -265,4 +315,7 @@ class ConversationDataModule(pl.LightningDataModule):
 
     def stats(self) -> dict[str, Any]:
         """Dataset statistics for the run summary (computed once, when the data is built)."""
-        return dict(self._stats)
+        stats = dict(self._stats)
+        if self._teacher_cache:
+            stats["teacher_cache"] = self._teacher_cache
+        return stats

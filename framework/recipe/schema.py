@@ -121,6 +121,15 @@ class TrainConfig:
     loss_chunk_size: int | None = doc(
         "Supervised positions projected to the vocabulary at a time (0: all at once; null: as "
         "many as `loss_chunk_mb` allows at the models' vocabulary).", minimum=0)
+    teacher_top_k: int = doc(
+        "0: the teacher runs online, next to the policy. k > 0: it runs once over the training "
+        "and validation data before training, its k largest log-probabilities at every "
+        "supervised position are cached with `datasets` (6 bytes each, keyed by the tokens and "
+        "the teacher), and training reads them instead of loading the teacher.", 0, minimum=0)
+    teacher_tail: str = doc(
+        "With `teacher_top_k`, the teacher's mass outside its top k: `uniform` spreads it over "
+        "the other tokens, `renormalize` drops it (the top k renormalized).", "uniform",
+        choices=("uniform", "renormalize"))
     loss_chunk_mb: float = doc(
         "Memory budget of one chunk of logits when `loss_chunk_size` is null: positions per "
         "chunk = budget / (4 bytes x (policy vocabulary + teacher vocabulary)), so the chunk "

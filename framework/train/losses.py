@@ -18,7 +18,9 @@ from tempering.chat.encoding import IGNORE_INDEX
 
 __all__ = ["LossContext", "LossOutput", "forward_hidden", "project_logits", "chunked_per_token",
            "supervised_positions", "supervised_hidden", "token_nll", "chunk_rows", "vocab_size",
-           "common_vocab"]
+           "common_vocab", "dense_logprobs", "TAILS"]
+
+TAILS = ("uniform", "renormalize")  # a cached teacher's mass outside its top k
 
 
 @dataclass
@@ -49,7 +51,9 @@ class LossContext:
         objective: the recipe's :class:`tempering.Objective`.
         options: the objective's recipe options (keyword arguments of ``per_token``).
         chunk_size: supervised positions projected to the vocabulary at a time (0: all).
-        teacher: the frozen teacher model (role ``teacher``) when the objective needs one.
+        teacher: the frozen teacher model (role ``teacher``) when the objective needs one and
+            it runs online (None when its top-k is cached: ``train.teacher_top_k``).
+        teacher_tail: with a cached teacher, the policy for its mass outside the top k.
     """
 
     model: Any
@@ -57,6 +61,7 @@ class LossContext:
     options: dict[str, Any] = field(default_factory=dict)
     chunk_size: int = 0
     teacher: Any = None
+    teacher_tail: str = "uniform"
 
 
 def forward_hidden(model: Any, batch: dict[str, Any]) -> torch.Tensor:
@@ -125,20 +130,40 @@ def common_vocab(logits: torch.Tensor, teacher_logits: torch.Tensor | None
     return logits[..., :v], teacher_logits[..., :v]
 
 
+def dense_logprobs(ids: torch.Tensor, logprobs: torch.Tensor, vocab: int,
+                   tail: str = "uniform") -> torch.Tensor:  # [n, vocab] float32
+    """A full log-probability row per position from its top-k entries and the tail policy."""
+    lp = logprobs.float()
+    n, k = lp.shape
+    if tail == "renormalize":
+        lp = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+        out = torch.full((n, vocab), float("-inf"), dtype=torch.float32, device=lp.device)
+    elif tail == "uniform":
+        rest = (1 - lp.exp().sum(-1)).clamp(min=1e-12) / max(1, vocab - k)
+        out = rest.log().unsqueeze(-1).expand(n, vocab).contiguous()
+    else:
+        raise ValueError(f"train.teacher_tail: {tail!r} is not one of {', '.join(TAILS)}")
+    return out.scatter(-1, ids.long(), lp)
+
+
 def token_nll(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Any = None
               ) -> torch.Tensor:  # [n]
     """Plain next-token negative log-likelihood, in float32 (perplexity is exp of its mean)."""
     return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
 
 
-def _chunk(model: Any, per_token: Any, options: dict[str, Any], teacher: Any,
+def _chunk(model: Any, per_token: Any, options: dict[str, Any], teacher: Any, tail: str,
            hidden: torch.Tensor, targets: torch.Tensor,
-           teacher_hidden: torch.Tensor | None = None) -> torch.Tensor:
+           teacher_hidden: torch.Tensor | None = None, topk_ids: torch.Tensor | None = None,
+           topk_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+    logits = project_logits(model, hidden)
     teacher_logits = None
     if teacher_hidden is not None:
         with torch.no_grad():
             teacher_logits = project_logits(teacher, teacher_hidden)
-    logits, teacher_logits = common_vocab(project_logits(model, hidden), teacher_logits)
+    elif topk_ids is not None and topk_logprobs is not None:  # a cached teacher
+        teacher_logits = dense_logprobs(topk_ids, topk_logprobs, logits.shape[-1], tail)
+    logits, teacher_logits = common_vocab(logits, teacher_logits)
     return per_token(logits, targets, teacher_logits, **options)
 
 
@@ -152,21 +177,27 @@ def chunked_per_token(
     options: dict[str, Any] | None = None,
     teacher: Any = None,
     teacher_hidden: torch.Tensor | None = None,  # [n, d_teacher]
+    teacher_topk: tuple[torch.Tensor, torch.Tensor, str] | None = None,  # [n, k] ids, logprobs
 ) -> torch.Tensor:  # [n]
     """``per_token(logits, targets, teacher_logits, **options)`` computed ``chunk_size``
     positions at a time; the teacher's hidden states (when given) are projected by its own LM
     head in the same chunks, so one chunk of each model's logits is alive at a time.
 
     With gradients each chunk runs under activation checkpointing; without them (validation)
-    the chunks simply run one after another.
+    the chunks simply run one after another. A cached teacher (``teacher_topk``: its top-k
+    ids and log-probabilities per position, and the tail policy) is rebuilt chunk by chunk.
     """
-    fn = functools.partial(_chunk, model, per_token, options or {}, teacher)
+    ids, lps, tail = teacher_topk if teacher_topk is not None else (None, None, "uniform")
+    fn = functools.partial(_chunk, model, per_token, options or {}, teacher, tail)
     n = hidden.shape[0]
     if chunk_size <= 0 or n <= chunk_size:
-        return fn(hidden, targets, teacher_hidden)
-    pieces = [(hidden[i:i + chunk_size], targets[i:i + chunk_size],
-               None if teacher_hidden is None else teacher_hidden[i:i + chunk_size])
-              for i in range(0, n, chunk_size)]
+        return fn(hidden, targets, teacher_hidden, ids, lps)
+
+    def part(x: torch.Tensor | None, i: int) -> torch.Tensor | None:
+        return None if x is None else x[i:i + chunk_size]
+
+    pieces = [(hidden[i:i + chunk_size], targets[i:i + chunk_size], part(teacher_hidden, i),
+               part(ids, i), part(lps, i)) for i in range(0, n, chunk_size)]
     if not torch.is_grad_enabled():
         return torch.cat([fn(*piece) for piece in pieces])
     return torch.cat([checkpoint(fn, *piece, use_reentrant=False) for piece in pieces])

@@ -99,7 +99,7 @@ class CausalLMModule(pl.LightningModule):
             self.model = self.pm.hook.load_model(role="policy", config=self.recipe.model,
                                                  seed=seed)
             self._prepare_model()
-        if self.teacher is None and self.objective.needs_teacher:
+        if self.teacher is None and self.objective.needs_teacher and not self.cached_teacher:
             self._set_teacher(self.pm.hook.load_model(role="teacher", config=self.recipe.teacher,
                                                       seed=seed))
 
@@ -144,18 +144,27 @@ class CausalLMModule(pl.LightningModule):
     # -- steps ------------------------------------------------------------------------------
 
     @property
+    def cached_teacher(self) -> bool:
+        """The teacher's top-k comes with the batches (``train.teacher_top_k``): no teacher
+        model is loaded for training."""
+        return bool(self.recipe.train.teacher_top_k) and self.objective.needs_teacher
+
+    @property
     def loss_chunk_size(self) -> int:
         """Positions per loss chunk: the recipe's, or what its byte budget allows at the
         vocabularies of the policy and the teacher."""
         from tempering.train.losses import chunk_rows, vocab_size
 
         models = [m for m in (self.model, self.teacher) if m is not None]
+        vocabularies = [vocab_size(m) for m in models]
+        if self.cached_teacher and self.model is not None:  # its rows are rebuilt at ours
+            vocabularies.append(vocab_size(self.model))
         return chunk_rows(self.recipe.train.loss_chunk_size, self.recipe.train.loss_chunk_mb,
-                          [vocab_size(m) for m in models])
+                          vocabularies)
 
     def loss_context(self) -> LossContext:
         return LossContext(self.model, self.objective, self.objective_options,
-                           self.loss_chunk_size, self.teacher)
+                           self.loss_chunk_size, self.teacher, self.recipe.train.teacher_tail)
 
     def _loss(self, batch: Batch) -> LossOutput:
         if self._parity_pending:  # every rank, on the first micro-batch (a forward of its own)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import TINY
 from tests.conftest import run_cli as _run
 
 
@@ -29,3 +31,35 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tiny_rec
     # and the exact token mean makes the logged step loss identical too
     s_single = json.loads((single / "summary.json").read_text())
     assert abs(summary["train_loss"] - s_single["train_loss"]) < 1e-4
+
+
+@pytest.mark.slow
+def test_a_teacher_under_ddp_online_or_cached_matches_one_process(tiny_recipe, tmp_path):
+    """The teacher is placed by the strategy like the student (online), or its top-k is cached
+    by local rank 0 in prepare_data and read by both ranks (cached, k = the whole vocabulary:
+    the same loss up to float16 storage)."""
+    from safetensors.torch import load_file
+
+    tiny_recipe["data"].update(packing=False, group_by_length=False)
+    tiny_recipe["trainer"].update(max_steps=3)
+    tiny_recipe.update(objective={"name": "jsd", "beta": 0.5},
+                       teacher={"name_or_path": "bundled:tiny-llama", "init": "random",
+                                "dtype": "float32",
+                                "config_overrides": {"intermediate_size": 256}})
+    ddp = ("data.batch_size=1", "trainer.devices=2", "trainer.strategy=ddp")
+    single = _run(tiny_recipe, tmp_path, "single", "data.batch_size=2")
+    online = _run(tiny_recipe, tmp_path, "online", *ddp)
+    vocab = json.loads((Path(TINY) / "config.json").read_text())["vocab_size"]
+    cached = _run(tiny_recipe, tmp_path, "cached", *ddp, f"train.teacher_top_k={vocab}")
+    weights = {name: load_file(path / "final" / "model.safetensors")
+               for name, path in (("single", single), ("online", online))}
+    for key in weights["single"]:
+        torch.testing.assert_close(weights["online"][key], weights["single"][key], rtol=1e-4,
+                                   atol=1e-5, msg=key)
+    # Adam's first steps move a weight by about lr whatever its gradient's size, so float16
+    # storage shows in the weights; the losses are the comparison
+    runs = {name: json.loads((path / "summary.json").read_text())
+            for name, path in (("online", online), ("cached", cached))}
+    for key in ("train_loss", "val_loss"):
+        assert abs(runs["cached"][key] - runs["online"][key]) <= 1e-3 * runs["online"][key]
+    assert runs["cached"]["teacher_cache"]["train"]["top_k"] == vocab
