@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,37 +38,51 @@ def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def compute_topk(teacher: Any, data: Any, k: int, vocab: int, *, batch_size: int = 8,
-                 pad_id: int = 0, desc: str = "Caching the teacher") -> dict[str, list]:
+                 pad_id: int = 0, group: int = 1024,
+                 desc: str = "Caching the teacher") -> Iterator[dict[str, list]]:
     """``teacher_ids`` / ``teacher_logprobs`` per example of ``data`` (input_ids, labels): the
     top ``k`` of the teacher's distribution over the first ``vocab`` rows at each position
-    whose next token is supervised."""
+    whose next token is supervised; yielded ``group`` examples at a time, so memory stays
+    bounded however large the data."""
     from tqdm.auto import tqdm
-
-    from tempering.data.packing import collate_padded
-    from tempering.train.losses import chunk_rows, forward_hidden, project_logits
 
     device = next(teacher.parameters()).device
     out: dict[str, list] = {"teacher_ids": [], "teacher_logprobs": []}
-    step = chunk_rows(None, 256.0, [vocab])
     with torch.no_grad(), tqdm(total=len(data), desc=desc, unit="example") as bar:
         for start in range(0, len(data), batch_size):
             rows = [data[i] for i in range(start, min(len(data), start + batch_size))]
-            batch = {key: v.to(device) for key, v in collate_padded(rows, pad_id).items()}
-            mask = batch["labels"][:, 1:] != IGNORE_INDEX
-            hidden = forward_hidden(teacher, batch)[:, :-1][mask]
-            ids, lps = [], []
-            for i in range(0, hidden.shape[0], step):
-                part_ids, part_lps = topk_logprobs(
-                    project_logits(teacher, hidden[i:i + step])[:, :vocab], k)
-                ids.append(part_ids.cpu())
-                lps.append(part_lps.to(torch.float16).cpu())
-            flat_ids, flat_lps = torch.cat(ids), torch.cat(lps)
-            at = 0
-            for count in mask.sum(1).tolist():
-                out["teacher_ids"].append(flat_ids[at:at + count].flatten().tolist())
-                out["teacher_logprobs"].append(flat_lps[at:at + count].flatten().tolist())
-                at += count
+            for ids, lps in _batch_topk(teacher, rows, k, vocab, pad_id, device):
+                out["teacher_ids"].append(ids)
+                out["teacher_logprobs"].append(lps)
             bar.update(len(rows))
+            if len(out["teacher_ids"]) >= group:
+                yield out
+                out = {"teacher_ids": [], "teacher_logprobs": []}
+    if out["teacher_ids"]:
+        yield out
+
+
+def _batch_topk(teacher: Any, rows: list[dict[str, Any]], k: int, vocab: int, pad_id: int,
+                device: Any) -> list[tuple[list[int], list[float]]]:
+    """One padded batch through the teacher: each example's flattened top-k ids and values."""
+    from tempering.data.packing import collate_padded
+    from tempering.train.losses import chunk_rows, forward_hidden, project_logits
+
+    batch = {key: v.to(device) for key, v in collate_padded(rows, pad_id).items()}
+    mask = batch["labels"][:, 1:] != IGNORE_INDEX
+    hidden = forward_hidden(teacher, batch)[:, :-1][mask]
+    step = chunk_rows(None, 256.0, [vocab])
+    ids, lps = [torch.zeros((0, k), dtype=torch.int32)], [torch.zeros((0, k), dtype=torch.float16)]
+    for i in range(0, hidden.shape[0], step):
+        part_ids, part_lps = topk_logprobs(project_logits(teacher, hidden[i:i + step])[:, :vocab], k)
+        ids.append(part_ids.cpu())
+        lps.append(part_lps.to(torch.float16).cpu())
+    flat_ids, flat_lps = torch.cat(ids), torch.cat(lps)
+    out, at = [], 0
+    for count in mask.sum(1).tolist():
+        out.append((flat_ids[at:at + count].flatten().tolist(),
+                    flat_lps[at:at + count].flatten().tolist()))
+        at += count
     return out
 
 
@@ -94,19 +109,24 @@ def attach_teacher_cache(data: Any, recipe: Any, load_teacher: Any, vocab: int, 
     import datasets
 
     k = recipe.train.teacher_top_k
+    if k > vocab:
+        raise ValueError(f"train.teacher_top_k: {k} is more than the vocabulary ({vocab})")
     folder = cache_dir / f"teacher-{_key(data, recipe, k, vocab)}"
     reused = folder.exists()
     if not reused:
-        columns = compute_topk(load_teacher(), data, k, vocab, pad_id=pad_id,
-                               desc=f"Caching the teacher ({split})")
         features = datasets.Features({
             "teacher_ids": datasets.Sequence(datasets.Value("int32")),
             "teacher_logprobs": datasets.Sequence(datasets.Value("float16"))})
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        datasets.Dataset.from_dict(columns, features=features).save_to_disk(str(partial))
+        groups = compute_topk(load_teacher(), data, k, vocab, pad_id=pad_id,
+                              desc=f"Caching the teacher ({split})")
+        for i, columns in enumerate(groups):
+            datasets.Dataset.from_dict(columns, features=features).save_to_disk(
+                str(partial / f"shard-{i:05d}"))
         partial.rename(folder)  # whole or absent: a killed run computes it again
-    cached = datasets.load_from_disk(str(folder))
+    cached = datasets.concatenate_datasets(
+        [datasets.load_from_disk(str(p)) for p in sorted(folder.glob("shard-*"))])
     if len(cached) != len(data):
         raise RuntimeError(f"{folder} holds {len(cached)} rows for {len(data)} examples")
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

@@ -82,3 +82,26 @@ def test_a_small_k_is_close_and_compact_and_a_second_run_reads_it_back(tiny_reci
     again = _run(tiny_recipe, tmp_path, "k32-again", teacher_top_k=32)
     assert again["teacher_cache"]["train"]["reused"]
     assert again["val_loss_before"] == first["val_loss_before"]
+
+
+def test_the_cache_is_built_in_bounded_groups_that_join_up_exactly():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tempering.train.teacher_cache import compute_topk
+
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY)).eval()
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for n in (9, 14, 6, 11, 20, 7, 13):
+        ids = torch.randint(3, VOCAB, (n,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * 3 + ids[3:]})
+    whole = list(compute_topk(teacher, rows, 4, VOCAB, batch_size=3, group=1000))
+    parts = list(compute_topk(teacher, rows, 4, VOCAB, batch_size=3, group=2))
+    assert len(whole) == 1 and len(parts) == 3  # groups of >= 2 examples, batch by batch
+    joined = {key: [v for part in parts for v in part[key]] for key in whole[0]}
+    assert joined["teacher_ids"] == whole[0]["teacher_ids"]
+    torch.testing.assert_close(torch.tensor(joined["teacher_logprobs"][0]),
+                               torch.tensor(whole[0]["teacher_logprobs"][0]))
+    assert [len(ids) for ids in whole[0]["teacher_ids"]] == [4 * (len(r["input_ids"]) - 3)
+                                                              for r in rows]
