@@ -279,7 +279,10 @@ class ConversationDataModule(pl.LightningDataModule):
         if pad is None:
             pad = self.tokenizer.eos_token_id
         if not rows:
-            return cast(Batch, empty_batch(pad, packed=self.recipe.data.packing))
+            empty = empty_batch(pad, packed=self.recipe.data.packing)
+            if "teacher_ids" in data.column_names:  # nothing supervised: no cached rows
+                self._add_cached_teacher(empty, [])
+            return cast(Batch, empty)
         if self.recipe.data.packing:
             examples = [[data[i] for i in row] for row in rows]
             batch = collate_packed(examples, pad)

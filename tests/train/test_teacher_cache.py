@@ -105,3 +105,30 @@ def test_the_cache_is_built_in_bounded_groups_that_join_up_exactly():
                                torch.tensor(whole[0]["teacher_logprobs"][0]))
     assert [len(ids) for ids in whole[0]["teacher_ids"]] == [4 * (len(r["input_ids"]) - 3)
                                                               for r in rows]
+
+
+def test_an_empty_micro_batch_carries_an_empty_cached_teacher(tiny_recipe, tmp_path):
+    """Ranks are kept in step with empty micro-batches; with a cached teacher their loss is 0."""
+    from tempering.plugin_manager import build_plugin_manager, build_registry
+    from tempering.plugins.loss import compute_loss
+    from tempering.train.module import CausalLMModule
+
+    recipe = json.loads(json.dumps(tiny_recipe))
+    recipe.update(objective="soft_kl", teacher={"name_or_path": "bundled:tiny-llama",
+                                                "init": "random"})
+    recipe["train"]["teacher_top_k"] = 16
+    pm = build_plugin_manager()
+    registry = build_registry(pm)
+    from tempering.data.datamodule import ConversationDataModule
+    from tempering.models import load_fast_tokenizer
+
+    view = load_recipe(recipe)
+    dm = ConversationDataModule(view, load_fast_tokenizer(view.model), pm, registry)
+    dm.prepare_data()
+    empty = dm.collate([], dm.train_data)
+    assert empty["teacher_topk_ids"].shape == (0, 16)
+    module = CausalLMModule(view, pm, registry)
+    module.configure_model()
+    assert module.teacher is None  # cached: no teacher model for training
+    out = compute_loss(module.loss_context(), empty)
+    assert out.num_tokens == 0 and float(out.loss_sum.detach()) == 0.0
