@@ -55,7 +55,7 @@ _LAZY = {
     "token_nll": "tempering.train.losses",
     "common_vocab": "tempering.train.losses",
     "chunk_rows": "tempering.train.losses",
-    "dense_logprobs": "tempering.train.losses",
+    "teacher_logits_for": "tempering.train.losses",
     "PerfLogger": "tempering.train.callbacks",
     "load_causal_lm": "tempering.models",
     "load_fast_tokenizer": "tempering.models",

@@ -284,21 +284,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Mistakes a person can fix: one line, not a traceback (imported only when needed)."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    from tempering.chat.templates import TemplateError
-    from tempering.data.sources import DataError
-    from tempering.generate.sandbox import SandboxError
-    from tempering.plugin_manager import ComponentError
-    from tempering.recipe import RecipeError
-    from tempering.train.logit_check import UnsupportedModelError
-
-    return (RecipeError, DataError, TemplateError, ComponentError, FileNotFoundError,
-            MisconfigurationException, UnsupportedModelError, SandboxError, ValueError)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; user errors print one line and exit 2 (``-v``: the traceback)."""
     args = _parse(argv)
@@ -309,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
         return 141  # 128 + SIGPIPE, as a shell reports a writer whose reader closed
     except Exception as exc:
+        from tempering.errors import user_errors
         from tempering.train.checkpoints import RunInterrupted
 
         if isinstance(exc, RunInterrupted):  # a checkpoint is saved; a scheduler sees a failure
@@ -316,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         # Configuration mistakes (ours, or Lightning's ValueErrors about trainer arguments) are
         # one line; -v or TEMPERING_DEBUG=1 shows the traceback.
-        if _verbose(args) or not isinstance(exc, _user_errors()):
+        if _verbose(args) or not isinstance(exc, user_errors()):
             raise
         print(f"tempering: error: {exc}", file=sys.stderr)
         return 2

@@ -31,31 +31,28 @@ def _teacher_hidden(context: LossContext, batch: Batch, mask: torch.Tensor) -> A
         return forward_hidden(context.teacher, batch)[:, :-1][mask]
 
 
-def _cached(context: LossContext, batch: Batch, start: int, stop: int, vocab: int) -> Any:
-    """Teacher log-probabilities of positions ``start:stop`` rebuilt from the cached top-k."""
-    from tempering import dense_logprobs
-
-    ids = batch["teacher_topk_ids"][start:stop]
-    lps = batch["teacher_topk_logprobs"][start:stop]
-    return dense_logprobs(ids, lps, vocab, context.teacher_tail)
+def _cached(context: LossContext, batch: Batch) -> Any:
+    """The cached teacher's top-k of every position, with the tail policy (None: online)."""
+    if "teacher_topk_ids" not in batch:
+        return None
+    return batch["teacher_topk_ids"], batch["teacher_topk_logprobs"], context.teacher_tail
 
 
 def _eval_sums(context: LossContext, hidden: torch.Tensor, targets: torch.Tensor,
-               teacher_hidden: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+               teacher_hidden: Any, cached: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Objective sum and plain NLL sum from the same logits, chunk by chunk (no gradients)."""
     import torch
 
-    from tempering import common_vocab, project_logits, token_nll
+    from tempering import common_vocab, project_logits, teacher_logits_for, token_nll
 
     loss = hidden.new_zeros((), dtype=torch.float32)
     nll = hidden.new_zeros((), dtype=torch.float32)
     step = context.chunk_size if context.chunk_size > 0 else max(1, hidden.shape[0])
-    cached = "teacher_topk_ids" in batch
     for i in range(0, hidden.shape[0], step):
         logits = project_logits(context.model, hidden[i:i + step])  # [c, v]
-        teacher = (_cached(context, batch, i, i + step, logits.shape[-1]) if cached
-                   else None if teacher_hidden is None
-                   else project_logits(context.teacher, teacher_hidden[i:i + step]))
+        teacher = teacher_logits_for(
+            logits, context.teacher, None if teacher_hidden is None else teacher_hidden[i:i + step],
+            None if cached is None else (cached[0][i:i + step], cached[1][i:i + step], cached[2]))
         part = targets[i:i + step]
         shared, teacher = common_vocab(logits, teacher)
         loss = loss + context.objective.per_token(shared, part, teacher, **context.options).sum()
@@ -77,13 +74,10 @@ def compute_loss(context: LossContext, batch: Batch) -> LossOutput:
     mask, targets = supervised_positions(batch)
     hidden = forward_hidden(context.model, batch)[:, :-1][mask]  # [n, d]
     teacher_hidden = _teacher_hidden(context, batch, mask)
+    cached = _cached(context, batch)
     if not torch.is_grad_enabled():  # validation: the plain NLL comes from the same logits
-        loss, nll = _eval_sums(context, hidden, targets, teacher_hidden, batch)
+        loss, nll = _eval_sums(context, hidden, targets, teacher_hidden, cached)
         return LossOutput(loss, int(targets.numel()), nll_sum=nll)
-    cached = None
-    if "teacher_topk_ids" in batch:
-        cached = (batch["teacher_topk_ids"], batch["teacher_topk_logprobs"],
-                  context.teacher_tail)
     per_token = chunked_per_token(
         context.model, context.objective.per_token, hidden, targets,
         chunk_size=context.chunk_size, options=context.options, teacher=context.teacher,

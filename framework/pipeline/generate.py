@@ -195,15 +195,12 @@ def run_shards(shard: Callable[..., None], view: Recipe, world: int, own_process
     try:
         mp.start_processes(shard, args=(world, view, *args), nprocs=world, start_method="spawn")
     except mp.ProcessRaisedException as exc:  # the child's traceback, as text
+        from tempering.errors import user_errors
+
         kind, _, message = str(exc).strip().splitlines()[-1].partition(": ")
-        if kind.rsplit(".", 1)[-1] in _USER_ERRORS:  # a mistake stays one line
+        if kind.rsplit(".", 1)[-1] in {e.__name__ for e in user_errors()}:  # stays one line
             raise ValueError(message) from exc
         raise
-
-
-# Errors a spawned stage process reports that are a person's to fix (see cli._user_errors).
-_USER_ERRORS = ("ValueError", "RecipeError", "DataError", "TemplateError", "ComponentError",
-                "FileNotFoundError", "SandboxError")
 
 
 def _generate_shard(rank: int, world: int, view: Recipe, ctx: StageContext,

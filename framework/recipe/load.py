@@ -344,10 +344,11 @@ def _check_teacher_stage(recipe: Recipe, ids: dict[str, int]) -> None:
     path = recipe.teacher.name_or_path if recipe.teacher else ""
     if not path.startswith(STAGE_PATH):
         return
+    source = path[len(STAGE_PATH):]
     trained = [s for s, i in ids.items() if recipe.stages[i].kind == "train"]
-    if path[len(STAGE_PATH):] not in trained:
-        raise RecipeError(f"teacher.name_or_path: {path}: no training stage "
-                          f"{path[len(STAGE_PATH):]!r}{closest(path[len(STAGE_PATH):], trained)}")
+    if source not in trained:
+        raise RecipeError(f"teacher.name_or_path: {path}: no training stage {source!r}"
+                          f"{closest(source, trained)}")
 
 
 def _check_trainer_args(trainer: dict[str, Any], where: str = "") -> None:

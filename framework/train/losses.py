@@ -18,7 +18,7 @@ from tempering.chat.encoding import IGNORE_INDEX
 
 __all__ = ["LossContext", "LossOutput", "forward_hidden", "project_logits", "chunked_per_token",
            "supervised_positions", "supervised_hidden", "token_nll", "chunk_rows", "vocab_size",
-           "common_vocab", "dense_logprobs", "TAILS"]
+           "common_vocab", "dense_logprobs", "teacher_logits_for", "TAILS"]
 
 TAILS = ("uniform", "renormalize")  # a cached teacher's mass outside its top k
 
@@ -152,18 +152,29 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Any =
     return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
 
 
+def teacher_logits_for(logits: torch.Tensor, teacher: Any = None,
+                       teacher_hidden: torch.Tensor | None = None,
+                       topk: tuple[torch.Tensor, torch.Tensor, str] | None = None
+                       ) -> torch.Tensor | None:
+    """The teacher's logits for one chunk of the policy's ``logits``: projected from its
+    hidden states (online), rebuilt from its cached top-k (``topk``: ids, log-probabilities,
+    tail policy), or None without a teacher."""
+    if teacher_hidden is not None:
+        with torch.no_grad():
+            return project_logits(teacher, teacher_hidden)
+    if topk is not None:
+        return dense_logprobs(topk[0], topk[1], logits.shape[-1], topk[2])
+    return None
+
+
 def _chunk(model: Any, per_token: Any, options: dict[str, Any], teacher: Any, tail: str,
            hidden: torch.Tensor, targets: torch.Tensor,
            teacher_hidden: torch.Tensor | None = None, topk_ids: torch.Tensor | None = None,
            topk_logprobs: torch.Tensor | None = None) -> torch.Tensor:
     logits = project_logits(model, hidden)
-    teacher_logits = None
-    if teacher_hidden is not None:
-        with torch.no_grad():
-            teacher_logits = project_logits(teacher, teacher_hidden)
-    elif topk_ids is not None and topk_logprobs is not None:  # a cached teacher
-        teacher_logits = dense_logprobs(topk_ids, topk_logprobs, logits.shape[-1], tail)
-    logits, teacher_logits = common_vocab(logits, teacher_logits)
+    topk = None if topk_ids is None or topk_logprobs is None else (topk_ids, topk_logprobs, tail)
+    logits, teacher_logits = common_vocab(
+        logits, teacher_logits_for(logits, teacher, teacher_hidden, topk))
     return per_token(logits, targets, teacher_logits, **options)
 
 
