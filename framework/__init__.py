@@ -75,6 +75,9 @@ _LAZY = {
     "SandboxLimits": "tempering.generate.sandbox",
     "SandboxResult": "tempering.generate.sandbox",
     "run_python_tests": "tempering.generate.sandbox",
+    "rouge_l": "tempering.rouge",
+    "rouge_tokens": "tempering.rouge",
+    "NoveltyIndex": "tempering.rouge",
     "sandbox_layers": "tempering.generate.sandbox",
 }
 
