@@ -16,6 +16,8 @@ from typing import Any
 
 from tempering.components import (
     ChatTemplate,
+    EvolutionOperator,
+    FilterContext,
     GeneratorBackend,
     MaskingStrategy,
     Metric,
@@ -84,6 +86,8 @@ _LAZY = {
 __all__ = [
     "__version__",
     "ChatTemplate",
+    "EvolutionOperator",
+    "FilterContext",
     "GeneratorBackend",
     "MaskingStrategy",
     "Metric",

@@ -5,12 +5,14 @@ These dataclasses are the stable surface third-party plugin authors write agains
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ChatTemplate", "ComponentKind", "GeneratorBackend", "KINDS", "MaskingStrategy",
-           "Metric", "Objective", "OverflowPolicy", "RecordFormat", "SampleFilter", "Scorer"]
+__all__ = ["ChatTemplate", "ComponentKind", "EvolutionOperator", "FilterContext",
+           "GeneratorBackend", "KINDS", "MaskingStrategy", "Metric", "Objective", "OverflowPolicy",
+           "RecordFormat", "SampleFilter", "Scorer"]
 
 
 @dataclass(frozen=True)
@@ -162,18 +164,70 @@ class Scorer:
 
 @dataclass(frozen=True)
 class SampleFilter:
-    """Keeps or drops generated samples, seeing the whole candidate pool (``filter.filters``).
+    """Keeps or drops samples, seeing the whole candidate pool (``filter.filters``, and the
+    instruction, instance and evolution filters of ``self_instruct`` and ``evolve`` stages).
 
     Attributes:
         name: the name recipes use; a dropped sample records it as ``filtered_by``.
-        keep: ``keep(pool, **options) -> list[bool]``, one flag per sample of ``pool`` (the
-            samples the previous filters kept, in order): dicts with ``prompt_id``, ``text``,
-            ``score``, ``scores``, ``num_tokens`` and ``finish_reason``.
+        keep: ``keep(pool, **options) -> list``, one verdict per sample of ``pool`` (the
+            samples the previous filters kept, in order): ``True`` keeps it; ``False``, or a
+            string saying why, drops it (the reason goes to the rejects file and the W&B
+            table). Pool entries are dicts: a ``filter`` stage's have ``prompt_id``, ``text``,
+            ``score``, ``scores``, ``num_tokens`` and ``finish_reason``; a ``self_instruct`` or
+            ``evolve`` stage's have ``text``, ``instruction``, ``input``, ``output``, and (evolve)
+            ``parent`` and ``prompt``, the prompt that asked for the evolution.
+        description: one line for ``tempering plugins``.
+        uses_context: ``keep`` also gets ``context=``, a :class:`FilterContext`: the samples
+            kept before this call (a growing pool), state kept for the stage's lifetime, and the
+            stage's generator (for filters that ask a model).
+    """
+
+    name: str
+    keep: Callable[..., list[Any]]
+    description: str = ""
+    uses_context: bool = False
+
+
+@dataclass
+class FilterContext:
+    """What a filter with ``uses_context`` sees besides the pool.
+
+    Attributes:
+        history: the samples kept before this call, oldest first (the seed tasks and every
+            instruction accepted so far in a ``self_instruct`` stage; empty in a ``filter``
+            stage). A filter comparing with the whole pool compares with these and with the
+            earlier samples of ``pool``.
+        state: a dict that lives as long as the stage, for a filter's own index over
+            ``history`` (it may index the new entries of ``history`` on each call).
+        ask: ``ask(prompts, max_new_tokens) -> answers``: the stage's generator answering each
+            prompt (a user message) greedily; None where the stage has no generator.
+        notes: counts the stage reports in its summary (``{"no_gain: unclear answer": 3}``).
+        label: the stage, for messages.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    state: dict[Any, Any] = field(default_factory=dict)
+    ask: Callable[[list[str], int], list[str]] | None = None
+    notes: Counter = field(default_factory=Counter)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class EvolutionOperator:
+    """A way to evolve an instruction (``evolve.operators``), Evol-Instruct style.
+
+    Attributes:
+        name: the name recipes use; an evolved example lists the operators that made it.
+        prompt: ``prompt(instruction, **options) -> str``: the message asking the generator
+            for the evolved instruction (options: e.g. the wording, ``template``).
+        direction: ``depth`` (a harder version of the same task) or ``breadth`` (a new task
+            of the same domain).
         description: one line for ``tempering plugins``.
     """
 
     name: str
-    keep: Callable[..., list[bool]]
+    prompt: Callable[..., str]
+    direction: str = "depth"
     description: str = ""
 
 
@@ -211,6 +265,7 @@ class ComponentKind:
         options_of: the function a component's recipe options are passed to (None: options
             are free-form, as template variables are).
         positional: how many leading parameters of that function the framework fills.
+        reserved: keyword parameters the framework fills (never recipe options).
     """
 
     name: str
@@ -221,6 +276,7 @@ class ComponentKind:
     is_name: Callable[[str], bool] = lambda value: True
     options_of: Callable[[Any], Callable[..., Any]] | None = None
     positional: int = 0
+    reserved: tuple[str, ...] = ()
 
     def option_names(self, component: Any) -> set[str] | None:
         """The options a component of this kind accepts (its function's keyword parameters
@@ -233,7 +289,8 @@ class ComponentKind:
         if any(p.kind is p.VAR_KEYWORD for p in params):
             return None
         return {p.name for p in params[self.positional:]
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                and p.name not in self.reserved}
 
 
 def names_a_template(value: str) -> bool:
@@ -268,7 +325,12 @@ KINDS: tuple[ComponentKind, ...] = (
     ComponentKind("scorer", "register_scorers", Scorer, ("score.scorers[]",),
                   "scores of generated samples (verifiers, reward models)",
                   options_of=lambda c: c.score, positional=3),
-    ComponentKind("sample_filter", "register_sample_filters", SampleFilter, ("filter.filters[]",),
+    ComponentKind("sample_filter", "register_sample_filters", SampleFilter,
+                  ("filter.filters[]", "self_instruct.filters[]", "self_instruct.instance_filters[]",
+                   "evolve.filters[]"),
                   "which generated samples are kept, seeing the whole pool",
-                  options_of=lambda c: c.keep, positional=1),
+                  options_of=lambda c: c.keep, positional=1, reserved=("context",)),
+    ComponentKind("evolution_operator", "register_evolution_operators", EvolutionOperator,
+                  ("evolve.operators[]",), "ways to evolve an instruction (Evol-Instruct)",
+                  options_of=lambda c: c.prompt, positional=1),
 )

@@ -162,11 +162,20 @@ def rounds_markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_GROWN = ("candidates", "kept", "rejected_by")
+
+
+def _counts(counts: dict[str, Any]) -> str:
+    return "(" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")"
+
+
 def _stage_line(entry: dict[str, Any]) -> str:
     keys = {"train": ("global_step", "val_loss", "val_perplexity"), "generate": ("prompts", "num_samples"),
             "score": ("num_samples", "mean_score"), "filter": ("candidates", "kept", "yield"),
-            "eval": ("pass@1", "pass@N")}[entry["kind"]]
+            "eval": ("pass@1", "pass@N"), "self_instruct": _GROWN, "instances": _GROWN,
+            "evolve": _GROWN}[entry["kind"]]
     shown = ", ".join(f"{k} {entry[k]:.3f}" if isinstance(entry.get(k), float) else
+                      f"{k} {_counts(entry[k])}" if isinstance(entry.get(k), dict) else
                       f"{k} {entry.get(k)}" for k in keys if entry.get(k) is not None)
     return f"round-{entry['round']}/{entry['stage']}-{entry['id']:<12} {shown}"
 

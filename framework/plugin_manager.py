@@ -36,6 +36,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tempering.plugins.generators",
     "tempering.plugins.scorers",
     "tempering.plugins.sample_filters",
+    "tempering.plugins.instruction_filters",
+    "tempering.plugins.evolution",
     "tempering.plugins.loss",
     "tempering.plugins.models",
     "tempering.plugins.callbacks",

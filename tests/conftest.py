@@ -187,3 +187,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def kill_after_chunks(command: list[str], env: dict, part: Path, chunks: int = 2) -> None:
+    """Run ``command`` and SIGKILL it once ``part`` holds ``chunks`` whole chunks."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if part.exists() and part.read_bytes().count(b"__chunk_end__") >= chunks:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert proc.wait(60) == -signal.SIGKILL, "the stage ended before it could be killed"

@@ -598,3 +598,38 @@ def test_register_sample_filters(tmp_path):
     kept = [json.loads(line)["text"]
             for line in (tmp_path / "out" / "kept.jsonl").read_text().splitlines()]
     assert kept == ["a", "bb"] and out["kept"] == 2 and out["dropped_by"] == {"shortest": 2}
+
+
+def test_register_evolution_operators():
+    from tempering.pipeline.evolve import _evolve_chunk
+    from tempering.recipe import load_recipe
+    from tests.pipeline.scripted_backend import ScriptedGenerator
+
+    mod = _module("louder_operator", """
+        from tempering import EvolutionOperator, hookimpl
+        def louder(instruction, times=1):
+            return ("Make it louder" + "!" * times + "\\n\\n#Original Instruction#:\\n"
+                    + instruction + "\\n\\n#New Instruction#:\\n")
+        @hookimpl
+        def register_evolution_operators():
+            return [EvolutionOperator("louder", louder, "depth", "more exclamation marks")]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+    assert registry.get("evolution_operator", "louder").direction == "depth"
+    view = load_recipe({"data": {"train": [{"path": "x.jsonl"}]}, "wandb": {"mode": "disabled"},
+                        "evolve": {"operators": [{"name": "louder", "times": 3}],
+                                   "filters": []}})
+    items = [{"seed_id": "s0", "seed": "Name a bird.", "instruction": "Name a bird.",
+              "operators": []}]
+    (record,) = _evolve_chunk(view, 1, 0, items, ScriptedGenerator(), registry, "stage")
+    assert record["operators"] == ["louder"] and record["prompt"].startswith("Make it louder!!!")
+    assert record["parent"] == "Name a bird." and record["accepted"]
+    from tempering.recipe import RecipeError, validate_components
+
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.evolve\.operators\[0\]\.loud: not an "
+                                          "option of evolution_operator 'louder'"):
+        validate_components(load_recipe({"data": {"train": [{"path": "x.jsonl"}]},
+                                         "stages": [{"kind": "evolve", "evolve": {
+                                             "seeds": [{"path": "x.jsonl"}],
+                                             "operators": [{"name": "louder", "loud": 1}]}}]}),
+                            registry)

@@ -65,11 +65,31 @@ def _run_eval(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[s
     return run_eval(view, ctx, pm, registry)
 
 
+def _run_self_instruct(view: Recipe, ctx: StageContext, pm: Any, registry: Any
+                       ) -> dict[str, Any]:
+    from tempering.pipeline.self_instruct import run_self_instruct
+
+    return run_self_instruct(view, ctx, pm, registry)
+
+
+def _run_instances(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[str, Any]:
+    from tempering.pipeline.self_instruct import run_instances
+
+    return run_instances(view, ctx, pm, registry)
+
+
+def _run_evolve(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[str, Any]:
+    from tempering.pipeline.evolve import run_evolve
+
+    return run_evolve(view, ctx, pm, registry)
+
+
 Runner = Callable[[Recipe, StageContext, Any, Any], dict[str, Any]]
 # Stage kind -> runner(recipe of that stage, where it runs, plugin manager, registry) -> summary.
 STAGE_RUNNERS: dict[str, Runner] = {
     "train": _run_train, "generate": _run_generate, "score": _run_score,
-    "filter": _run_filter, "eval": _run_eval,
+    "filter": _run_filter, "eval": _run_eval, "self_instruct": _run_self_instruct,
+    "instances": _run_instances, "evolve": _run_evolve,
 }
 
 
@@ -302,7 +322,8 @@ def run_pipeline(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str
 
 _REPORTED = ("global_step", "val_loss", "val_perplexity", "final_model", "exact_match",
              "prompts", "num_samples", "candidates", "kept", "prompts_kept", "yield",
-             "mean_score", "max_score", "pass@1", "pass@N", "N", "eval_prompts")
+             "mean_score", "max_score", "pass@1", "pass@N", "N", "eval_prompts", "rejected",
+             "rejected_by")
 
 
 def rounds_table(done: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
+from tempering.pipeline.filtering import apply_filters
 from tempering.pipeline.generate import StageContext, run_chunks, run_shards, wants_own_process
 from tempering.pipeline.samples import finalise, gather, read_samples
 from tempering.recipe import Recipe
@@ -98,22 +98,11 @@ def run_filter(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[
     """Apply the filters in order to the whole pool; every sample records the decision,
     and ``kept.jsonl`` holds the survivors (what a training stage reads as ``stage:<id>``)."""
     records = _input(ctx)
-    alive = list(range(len(records)))
-    dropped_by: dict[int, str] = {}
-    for picked in view.filter.filters:
-        flt = registry.get("sample_filter", picked.name)
-        try:
-            flags = flt.keep([_pool_entry(records[i]) for i in alive], **picked.options)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ValueError(f"{ctx.label}: filter {picked.name!r}: {exc}") from None
-        if len(flags) != len(alive):
-            raise ValueError(f"{ctx.label}: filter {picked.name!r} returned {len(flags)} flags "
-                             f"for {len(alive)} samples")
-        for i, keep in zip(alive, flags, strict=True):
-            if not keep:
-                dropped_by[i] = picked.name
-        alive = [i for i, keep in zip(alive, flags, strict=True) if keep]
-    decided = [{**r, "kept": i not in dropped_by, "filtered_by": dropped_by.get(i)}
+    verdicts = apply_filters([_pool_entry(r) for r in records], view.filter.filters, registry,
+                             ctx.label)
+    decided = [{**r, "kept": i not in verdicts.dropped,
+                "filtered_by": verdicts.dropped.get(i, (None, None))[0],
+                "filter_reason": verdicts.dropped.get(i, (None, None))[1] or None}
                for i, r in enumerate(records)]
     kept = [r for r in decided if r["kept"]]
     prompts = {r["prompt_id"] for r in records}
@@ -121,6 +110,6 @@ def run_filter(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[
                "kept": len(kept), "prompts": len(prompts),
                "prompts_kept": len({r["prompt_id"] for r in kept}),
                "yield": len({r["prompt_id"] for r in kept}) / max(1, len(prompts)),
-               "dropped_by": dict(Counter(dropped_by.values())), **score_stats(records)}
+               "dropped_by": verdicts.counts(), **score_stats(records)}
     ctx.folder.mkdir(parents=True, exist_ok=True)
     return finalise(ctx.folder, decided, summary, extra={"kept.jsonl": kept})

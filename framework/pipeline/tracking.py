@@ -17,12 +17,30 @@ _COLUMNS = ("id", "prompt_id", "round", "prompt", "text", "reference", "score", 
             "finish_reason", "kept", "filtered_by", "mode", "passed")
 
 
-def _row(record: dict[str, Any]) -> list[Any]:
-    prompt = next((m["content"] for m in reversed(record["messages"][:-1])
+# The stages that grow instruction data: kept examples and rejects, with their provenance.
+_GROWN = ("id", "origin", "seed_id", "round", "step", "operators", "instruction", "input",
+          "output", "classification", "filtered_by", "filter_reason")
+_GROWTH_STAGES = ("self_instruct", "instances", "evolve")
+
+
+def _row(record: dict[str, Any], columns: tuple[str, ...] = _COLUMNS) -> list[Any]:
+    prompt = next((m["content"] for m in reversed(record.get("messages", [])[:-1])
                    if m["role"] == "user"), "")
     values = {**record, "prompt": prompt}
     return [values.get(c) if not isinstance(values.get(c), (dict, list)) else
-            json.dumps(values.get(c)) for c in _COLUMNS]
+            json.dumps(values.get(c)) for c in columns]
+
+
+def _tables(folder: Path, stage: str) -> dict[str, Any]:
+    import wandb
+
+    columns = _GROWN if stage in _GROWTH_STAGES else _COLUMNS
+    out = {}
+    for name, file in (("samples", "samples.jsonl"), ("rejects", "rejects.jsonl")):
+        if (folder / file).exists():
+            rows = read_samples(folder / file)[:TABLE_ROWS]
+            out[name] = wandb.Table(columns=list(columns), data=[_row(r, columns) for r in rows])
+    return out
 
 
 def log_stage(view: Recipe, group: str, label: str, folder: Path,
@@ -38,13 +56,14 @@ def log_stage(view: Recipe, group: str, label: str, folder: Path,
                      job_type=str(summary.get("stage")), dir=str(folder), mode=w.mode,
                      tags=w.tags or None, config={"stage": label}, reinit="create_new")
     records = read_samples(folder / "samples.jsonl")
-    run.log({"samples": wandb.Table(columns=list(_COLUMNS),
-                                    data=[_row(r) for r in records[:TABLE_ROWS]])})
+    run.log(_tables(folder, str(summary.get("stage"))))
     run.summary.update({k: v for k, v in summary.items()
                         if isinstance(v, (int, float, str)) or v is None})
+    for key in ("rejected_by", "dropped_by", "filter_notes"):  # counts by filter, one each
+        run.summary.update({f"{key}/{k}": v for k, v in (summary.get(key) or {}).items()})
     artifact = wandb.Artifact(f"{view.name}-samples", type="dataset",
                               metadata={"stage": label, "records": len(records)})
-    for name in ("samples.jsonl", "kept.jsonl"):
+    for name in ("samples.jsonl", "kept.jsonl", "rejects.jsonl"):
         if (folder / name).exists():
             artifact.add_file(str(folder / name))
     run.log_artifact(artifact)

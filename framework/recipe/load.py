@@ -227,7 +227,10 @@ _STAGE_KEYS = tuple(f.name for f in dataclasses.fields(Stage))
 # The sections with components each stage kind uses (the others are not checked in it).
 _USES = {"train": {"data", "chat_template", "masking", "objective", "eval"},
          "generate": {"generate", "chat_template"}, "score": {"score"}, "filter": {"filter"},
-         "eval": {"eval", "generate", "score", "chat_template", "data"}}
+         "eval": {"eval", "generate", "score", "chat_template", "data"},
+         "self_instruct": {"self_instruct", "generate", "chat_template"},
+         "instances": {"self_instruct", "generate", "chat_template"},
+         "evolve": {"evolve", "generate", "chat_template"}}
 # Keys that belong to one stage, never merged from the top level into every stage.
 _OWN_KEYS = ("kind", "id", "input", "model_from", "in_rounds")
 
@@ -273,7 +276,12 @@ def _check_stage_sections(stage: Stage, where: str) -> None:
              "generate": (stage.generate.prompts, "generate.prompts", "at least one prompt source"),
              "score": (stage.score.scorers, "score.scorers", "at least one scorer"),
              "filter": (stage.filter.filters, "filter.filters", "at least one filter"),
-             "eval": (stage.score.scorers, "score.scorers", "at least one scorer")}
+             "eval": (stage.score.scorers, "score.scorers", "at least one scorer"),
+             "self_instruct": (stage.self_instruct.seeds, "self_instruct.seeds",
+                               "at least one source of seed tasks"),
+             "instances": (True, "", ""),
+             "evolve": (stage.evolve.seeds, "evolve.seeds",
+                        "at least one source of instructions to evolve")}
     present, key, what = needs[stage.kind]
     if not present:
         raise RecipeError(f"{where}{key}: {what} is needed by a {stage.kind} stage")
@@ -287,7 +295,8 @@ def _check_stage_sections(stage: Stage, where: str) -> None:
 
 
 STAGE_PATH = "stage:"
-_SAMPLE_KINDS = ("generate", "score", "filter", "eval")  # the stages whose output is samples
+# The stages whose output is samples.
+_SAMPLE_KINDS = ("generate", "score", "filter", "eval", "self_instruct", "instances", "evolve")
 
 
 def stage_ids(stages: list[Stage]) -> list[str]:
@@ -317,11 +326,11 @@ def check_stage_references(recipe: Recipe) -> None:
         producers = [s for s in earlier if recipe.stages[ids[s]].kind in _SAMPLE_KINDS]
         if stage.input is not None:
             known("input", stage.input, producers)
-        elif stage.kind in ("score", "filter"):
+        elif stage.kind in ("score", "filter", "instances"):
             before = recipe.stages[i - 1] if i else None
             if before is None or before.kind not in _SAMPLE_KINDS:
                 raise RecipeError(f"stages[{i}].input: a {stage.kind} stage reads the samples of "
-                                  "a generate, score, filter or eval stage; the stage before it "
+                                  "an earlier stage that writes samples; the stage before it "
                                   "is none, so name one")
         if stage.model_from not in ("latest", "recipe"):
             trained = [s for s in earlier if recipe.stages[ids[s]].kind == "train"]
@@ -390,7 +399,9 @@ def check_locations(recipe: Recipe) -> None:
     for key, sources in (("data.train", recipe.data.train),
                          ("data.validation", recipe.data.validation),
                          ("generate.prompts", recipe.generate.prompts),
-                         ("eval.prompts", recipe.eval.prompts)):
+                         ("eval.prompts", recipe.eval.prompts),
+                         ("self_instruct.seeds", recipe.self_instruct.seeds),
+                         ("evolve.seeds", recipe.evolve.seeds)):
         for i, source in enumerate(sources):
             _check_location(f"{key}[{i}].path", source.path)
     for key, cfg in (("model", recipe.model), ("teacher", recipe.teacher)):

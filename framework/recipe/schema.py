@@ -2,50 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from tempering.recipe.growth import EvolveConfig, SelfInstructConfig
+from tempering.recipe.schema_base import (
+    ComponentConfig,
+    DataSource,
+    _NamesComponents,
+    component,
+    doc,
+)
 
 __all__ = [
     "ModelConfig", "DataSource", "DataConfig", "ComponentConfig", "OptimConfig", "TrainConfig",
     "EvalConfig", "WandbConfig", "SamplingConfig", "GenerateConfig", "ScoreConfig", "FilterConfig",
-    "STAGE_KINDS", "Stage", "Recipe",
+    "SelfInstructConfig", "EvolveConfig", "STAGE_KINDS", "Stage", "Recipe",
 ]
-
-
-def doc(text: str, default: Any = None, *, choices: tuple[str, ...] = (), factory: Any = None,
-        minimum: float | None = None) -> Any:
-    meta = {"doc": text, "choices": choices, "minimum": minimum}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass
-class ComponentConfig:
-    """A component picked by name, with options: ``masking: last_assistant`` or
-    ``objective: {name: cross_entropy, label_smoothing: 0.1}`` (keys beside ``name`` are options)."""
-
-    name: str = doc("Registered component name.", "")
-    options: dict[str, Any] = doc("Keyword options for the component.", factory=dict)
-
-
-def component(name: str, text: str) -> Any:
-    return doc(text, factory=lambda: ComponentConfig(name))
-
-
-class _NamesComponents:
-    """Code may build configs with plain names (``DataSource(format="alpaca")``), as recipes
-    write them: each component field becomes a :class:`ComponentConfig`."""
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, str) and f.type in ("ComponentConfig", ComponentConfig):
-                setattr(self, f.name, ComponentConfig(value))
-            elif isinstance(value, list) and f.type == "list[ComponentConfig]":
-                setattr(self, f.name, [ComponentConfig(v) if isinstance(v, str) else v
-                                       for v in value])
 
 
 @dataclass
@@ -63,23 +36,6 @@ class ModelConfig:
     config_overrides: dict[str, Any] = doc(
         "With `init: random`, config keys set before the model is built (a smaller student of a "
         "family: `{hidden_size: 64, num_hidden_layers: 2}`).", factory=dict)
-
-
-@dataclass
-class DataSource(_NamesComponents):
-    path: str = doc("JSON/JSONL file, a directory of them, `bundled:data/...`, or a datasets hub id.", "")
-    format: ComponentConfig = component(
-        "auto", "Registered record format (alpaca, prompt_completion, messages, sharegpt, or a "
-        "plugin's), or `auto` to tell it from each record's keys; options go to its `convert`.")
-    fields: dict[str, str] = doc("Map canonical field names to this source's keys, e.g. "
-                                 "{instruction: question, output: answer}.", factory=dict)
-    weight: float = doc("Sampling weight relative to other sources (1.0 = each record once).", 1.0)
-    split: str = doc("datasets split to read (hub ids and datasets directories).", "train")
-    subset: str | None = doc("datasets configuration name (hub ids).")
-    skip_records: int = doc("Skip this many records first (with `max_records`, a slice of a "
-                            "file: train on one part, generate on another).", 0, minimum=0)
-    max_records: int | None = doc("Read at most this many records.")
-    system_prompt: str | None = doc("System message added to conversations that have none.")
 
 
 @dataclass
@@ -242,7 +198,8 @@ class FilterConfig(_NamesComponents):
         "sees what the previous ones kept).", factory=list)
 
 
-STAGE_KINDS = ("train", "generate", "score", "filter", "eval")
+STAGE_KINDS = ("train", "generate", "score", "filter", "eval", "self_instruct", "instances",
+               "evolve")
 
 
 @dataclass
@@ -252,7 +209,9 @@ class Stage(_NamesComponents):
     defaults each training stage merges its own keys over."""
 
     kind: str = doc("Stage kind: `train`, `generate` (samples from a model), `score`, "
-                    "`filter`, `eval` (pass@1 and pass@N on held-out prompts).", "train",
+                    "`filter`, `eval` (pass@1 and pass@N on held-out prompts), "
+                    "`self_instruct` (grow instructions from seed tasks), `instances` (inputs "
+                    "and outputs for them), `evolve` (Evol-Instruct).", "train",
                     choices=STAGE_KINDS)
     id: str | None = doc("The stage's name, which `input`, `model_from` and `stage:` data "
                          "paths refer to (default: its kind).")
@@ -294,6 +253,9 @@ class Stage(_NamesComponents):
                                    "generator and sampling).", factory=GenerateConfig)
     score: ScoreConfig = doc("Scoring (`score` and `eval` stages).", factory=ScoreConfig)
     filter: FilterConfig = doc("Sample filters (`filter` stages).", factory=FilterConfig)
+    self_instruct: SelfInstructConfig = doc(
+        "Self-Instruct (`self_instruct` and `instances` stages).", factory=SelfInstructConfig)
+    evolve: EvolveConfig = doc("Evol-Instruct (`evolve` stages).", factory=EvolveConfig)
 
 
 @dataclass

@@ -190,3 +190,47 @@ def test_a_generate_stage_with_the_openai_backend_against_tempering_serve(url, l
     assert [s["text"] for s in samples] == [c.text for answers in want for c in answers]
     assert all(s["num_tokens"] > 0 and s["finish_reason"] in ("stop", "length")
                for s in samples)
+
+
+def test_the_self_instruct_loop_and_evolve_through_the_openai_backend_against_serve(
+        url, local, tiny_recipe, shared_data, tmp_path) -> None:
+    """Self-Instruct and Evol-Instruct stages with a hosted generator: step 0's candidates are
+    exactly what the served model answers to step 0's prompts, parsed; every candidate is kept
+    or rejected with a reason."""
+    import random
+
+    from tempering.pipeline import run_pipeline
+    from tempering.pipeline.generate import chunk_seed
+    from tempering.pipeline.growth import parse_instructions, read_tasks
+    from tempering.pipeline.samples import read_samples
+    from tempering.pipeline.self_instruct import _prompts
+    from tempering.recipe import DataSource, load_recipe
+
+    seeds = [{"path": str(shared_data / "alpaca_seed_tasks.jsonl")}]
+    recipe = {**tiny_recipe, "stages": [{"kind": "self_instruct"}, {"kind": "evolve"}],
+              "generate": {"sampling": {"n": 1, "temperature": 0.0, "max_new_tokens": 24},
+                           "generator": {"name": "openai", "options": {
+                               "model": "tiny", "base_url": url, "api_key_env": None}}},
+              "self_instruct": {"seeds": seeds, "num_instructions": 50, "max_steps": 2,
+                                "prompts_per_step": 2},
+              "evolve": {"seeds": [{**seeds[0], "max_records": 3}], "rounds": 2}}
+    view = load_recipe(recipe)
+    run_pipeline(view)
+    base = tmp_path / "run" / "round-1"
+    folder = base / "0-self_instruct"
+    records = read_samples(folder / "samples.jsonl") + read_samples(folder / "rejects.jsonl")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["candidates"] == len(records)
+    assert all(r["accepted"] or r["filter_reason"] for r in records)
+    tasks = read_tasks([DataSource(**s) for s in seeds], "seeds")
+    prompts = _prompts(view, tasks, [], random.Random(chunk_seed(view, 1, 0)))
+    answers = local.generate([[{"role": "user", "content": p}] for p, _ in prompts],
+                             GenerationParams(n=1, max_new_tokens=24))
+    want = []
+    for a in answers:
+        parsed = parse_instructions(a[0].text, a[0].finish_reason == "length")
+        want += parsed.items + [r["text"] for r in parsed.rejects]
+    got = [r["text"] for r in records if r["step"] == 0]
+    assert sorted(got) == sorted(want) and got
+    evolve = json.loads((base / "1-evolve" / "summary.json").read_text())
+    assert evolve["candidates"] == 3 * 2 == evolve["kept"] + evolve["rejected"]

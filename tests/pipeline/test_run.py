@@ -33,8 +33,8 @@ def test_stage_keys_merge_over_the_top_level_ones(tiny_recipe) -> None:
 
 @pytest.mark.parametrize(("stages", "message"), [
     ([{"kind": "trian"}],
-     "stages[0].kind: 'trian' is not one of train, generate, score, filter, eval; did you mean "
-     "'train'"),
+     "stages[0].kind: 'trian' is not one of train, generate, score, filter, eval, "
+     "self_instruct, instances, evolve; did you mean 'train'"),
     ([{"kind": "train"}, {"kind": "train", "optim": {"lrr": 1}}],
      "stages[1].optim.lrr: unknown key; did you mean 'lr'"),
     ([{"kind": "train", "trainer": {"max_step": 1}}],

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import pytest
 from tempering.pipeline import run_pipeline
 from tempering.pipeline.samples import ChunkLog, done_chunks, gather, read_samples
 from tempering.recipe import RecipeError, load_recipe
+from tests.conftest import kill_after_chunks
 
 
 def _pipeline(tiny_recipe: dict, **extra) -> dict:
@@ -141,15 +140,7 @@ def test_a_generation_killed_with_sigkill_continues_without_duplicates(tiny_reci
     run = [sys.executable, "-m", "tempering.cli", "run"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     part = tmp_path / "killed" / "round-1" / "0-generate" / "part-0.jsonl"
-    proc = subprocess.Popen([*run, str(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if part.exists() and part.read_bytes().count(b"__chunk_end__") >= 2:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    assert proc.wait(60) == -signal.SIGKILL, "the stage ended before it could be killed"
+    kill_after_chunks([*run, str(killed)], env, part)
     assert not (part.parent / "samples.jsonl").exists()
     subprocess.run([*run, str(killed)], env=env, check=True, capture_output=True, timeout=300)
     subprocess.run([*run, str(plain)], env=env, check=True, capture_output=True, timeout=300)
