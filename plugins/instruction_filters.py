@@ -21,15 +21,16 @@ BLOCKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file"
              "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram")
 APOLOGIES = ("sorry", "i apologize", "i apologise", "as an ai", "i cannot", "i can't",
              "i am unable", "i'm unable")
+# English function words; not "no", "not" or "nor", which are answers ("No.") on their own.
 STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because
 been before being below between both but by can could did do does doing down during each few for
 from further had has have having he her here hers herself him himself his how i if in into is it
-its itself just me more most my myself no nor not now of off on once only or other our ours
+its itself just me more most my myself now of off on once only or other our ours
 ourselves out over own same she should so some such than that the their theirs them themselves
 then there these they this those through to too under until up very was we were what when where
-which while who whom why will with would you your yours yourself yourselves ok okay yes""".split())
-PROMPT_WORDS = ("given instruction", "original instruction", "new instruction",
-                "rewritten instruction", "given prompt", "rewritten prompt", "created prompt")
+which while who whom why will with would you your yours yourself yourselves""".split())
+# The words of the built-in operators' prompts an evolved instruction should not repeat.
+PROMPT_WORDS = ("original instruction", "new instruction", "rewritten instruction")
 
 
 def _text(sample: dict[str, Any], field: str) -> str:
@@ -127,8 +128,9 @@ def rouge_novelty(pool: Pool, threshold: float = 0.7, field: str = "text",
         (score, near), (b_score, b_near) = index.max_rouge_l(text), batch.max_rouge_l(text)
         if max(score, b_score) > threshold:
             nearest = index.texts[near] if score >= b_score else batch.texts[b_near]
-            out.append(f"ROUGE-L {max(score, b_score):.2f} > {threshold} with "
-                       f"{_short(nearest)!r}")
+            best = max(score, b_score)
+            shown = f"{best:.2f}" if round(best, 2) != threshold else repr(best)
+            out.append(f"ROUGE-L {shown} > {threshold} with {_short(nearest)!r}")
         else:
             out.append(True)
             batch.add(text)

@@ -20,7 +20,9 @@ def test_wheel_install_runs_from_its_own_files(tmp_path):
     for expected in ("tempering/cli.py", "tempering/plugins/chat_templates.py",
                      "tempering/recipes/sft-quickstart.yaml",
                      "tempering/assets/tiny-llama/tokenizer.json",
-                     "tempering/assets/data/tasks_train.jsonl"):
+                     "tempering/assets/data/tasks_train.jsonl",
+                     "tempering/assets/data/seed_tasks.jsonl",
+                     "tempering/recipes/self-instruct-quickstart.yaml"):
         assert expected in names, expected
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "tempering = tempering.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -5,6 +5,7 @@ with a missing output; unclear judgements), deterministically from the prompt an
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import time
 
@@ -44,7 +45,7 @@ def _answer(prompt: str, rng: random.Random) -> tuple[str, str]:
     if "#New Instruction#" in prompt:
         base = prompt.split("#Original Instruction#:\n", 1)[1].split("\n\n#New", 1)[0]
         return rng.choice([f"#New Instruction#: {base} Use exactly {rng.randint(2, 9)} "
-                           "sentences.", base, f"Rewrite the given prompt: {base}"]), "stop"
+                           "sentences.", base, f"Rewrite the original instruction: {base}"]), "stop"
     if "Instruction B:" in prompt:
         return rng.choice(["more", "same", "hmm"]), "stop"
     full = "The answer, in full: " + " ".join(rng.choice(TOPICS) for _ in range(6))
@@ -52,11 +53,20 @@ def _answer(prompt: str, rng: random.Random) -> tuple[str, str]:
 
 
 class ScriptedGenerator:
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
+    """``delay`` seconds per call; with ``fail_after`` and ``marker``, the call after that many
+    raises once (then the marker file exists and it never fails again)."""
+
+    def __init__(self, delay: float = 0.0, fail_after: int | None = None,
+                 marker: str | None = None) -> None:
+        self.delay, self.fail_after, self.marker, self.calls = delay, fail_after, marker, 0
 
     def generate(self, prompts, params):
         time.sleep(self.delay)
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after \
+                and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            raise RuntimeError("scripted failure")
         out = []
         for messages in prompts:
             prompt = messages[-1]["content"]
@@ -70,5 +80,7 @@ class ScriptedGenerator:
 
 @hookimpl
 def register_generators():
-    return [GeneratorBackend("scripted", lambda context, delay=0.0: ScriptedGenerator(delay),
-                             in_process=False)]
+    def build(context, delay=0.0, fail_after=None, marker=None):
+        return ScriptedGenerator(delay, fail_after, marker)
+
+    return [GeneratorBackend("scripted", build, in_process=False)]

@@ -87,3 +87,30 @@ def test_a_bad_seed_names_its_file_line_and_field(tmp_path):
     bad.write_text('{"instruction": "x y", "instances": [{"input": 3}]}\n')
     with pytest.raises(DataError, match=r"seeds.jsonl:1, field instances\[0\]"):
         read_tasks([DataSource(path=str(bad))], "seeds")
+
+
+def test_bundled_growth_assets_are_what_the_builder_produces_and_parse(tmp_path):
+    import json
+
+    from tests.conftest import ROOT
+    from tools.build_growth_assets import build
+
+    build(tmp_path)
+    for rel in ("data/seed_tasks.jsonl", "data/growth_warmup.jsonl"):
+        assert (tmp_path / rel).read_bytes() == (ROOT / "framework" / "assets" / rel
+                                                 ).read_bytes(), rel
+    seeds = read_tasks([DataSource(path="bundled:data/seed_tasks.jsonl")], "seeds")
+    assert len(seeds) == 20 and sum(t.is_classification for t in seeds) == 3
+    # The demonstrations are in the formats the stages' parsers read.
+    lists = instances = 0
+    for line in (tmp_path / "data" / "growth_warmup.jsonl").read_text().splitlines():
+        user, answer = (m["content"] for m in json.loads(line)["messages"])
+        if user.startswith("Write 8 new tasks"):
+            parsed = parse_instructions(answer, truncated=False)
+            assert len(parsed.items) == 8 and not parsed.rejects
+            lists += 1
+        elif "Example N" in user:
+            parsed = parse_instances(answer, False, label_first="Class label:" in user)
+            assert len(parsed.items) == 3 and not parsed.rejects, answer
+            instances += 1
+    assert lists == 700 and instances == 700

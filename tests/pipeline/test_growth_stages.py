@@ -78,6 +78,12 @@ def test_self_instruct_then_instances_then_training(tiny_recipe, shared_data, tm
     wandb_dir = Path(summary["wandb_dir"])
     tables = {p.name.split("_")[0] for p in wandb_dir.rglob("*.table.json")}
     assert {"samples", "rejects"} <= tables
+    from tests.wandb_offline import read_run
+
+    logged = read_run(wandb_dir)["summary"]
+    assert {k: v for k, v in logged.items() if k.startswith("rejected_by/")} == {
+        f"rejected_by/{k}": v for k, v in summary["rejected_by"].items()}
+    assert logged["kept"] == len(kept)
 
 
 def test_evolve_records_seed_operator_chain_and_round(tiny_recipe, shared_data, tmp_path):
@@ -144,3 +150,40 @@ def test_a_self_instruct_stage_killed_with_sigkill_resumes_to_the_same_pool(
         a = read_samples(tmp_path / "killed" / "round-1" / "0-self_instruct" / name)
         b = read_samples(tmp_path / "plain" / "round-1" / "0-self_instruct" / name)
         assert a == b and len({r["id"] for r in a}) == len(a)
+
+
+def test_the_prompt_wording_is_the_recipes(tiny_recipe, shared_data):
+    import random
+
+    from tempering.pipeline.growth import read_tasks
+    from tempering.pipeline.self_instruct import _prompts
+    from tempering.recipe import DataSource
+
+    recipe = _recipe(tiny_recipe, shared_data, [{"kind": "self_instruct"}])
+    recipe["self_instruct"]["prompt"] = "Give me {count} more, please:\n{examples}"
+    view = load_recipe(recipe).stages[0]
+    tasks = read_tasks([DataSource(path=str(shared_data / "alpaca_seed_tasks.jsonl"))], "s")
+    (prompt, shown), *_ = _prompts(view, tasks, ["A grown one.", "Another grown one."],
+                                   random.Random(0))
+    assert prompt.startswith("Give me 8 more, please:\n1. ") and len(shown) == 8
+    assert {"A grown one.", "Another grown one."} <= set(shown)
+
+
+def test_an_evolve_stage_that_failed_in_round_two_resumes_to_the_same_examples(
+        tiny_recipe, shared_data, tmp_path):
+    stages = [{"kind": "evolve"}]
+    plain = _recipe(tiny_recipe, shared_data, stages, train={"output_dir": str(tmp_path / "a")})
+    run_pipeline(load_recipe(plain))
+    failing = _recipe(tiny_recipe, shared_data, stages, train={"output_dir": str(tmp_path / "b")})
+    failing["generate"]["generator"] = {"name": "scripted", "fail_after": 8,
+                                        "marker": str(tmp_path / "failed-once")}
+    with pytest.raises(RuntimeError, match="scripted failure"):
+        run_pipeline(load_recipe(failing))
+    folder = tmp_path / "b" / "round-1" / "0-evolve"
+    assert (folder / "evolution-1").exists() and not (folder / "summary.json").exists()
+    run_pipeline(load_recipe(failing))
+    for name in ("samples.jsonl", "rejects.jsonl"):
+        a = read_samples(tmp_path / "a" / "round-1" / "0-evolve" / name)
+        b = read_samples(folder / name)
+        assert [r["id"] for r in a] == [r["id"] for r in b]
+        assert [r["instruction"] for r in a] == [r["instruction"] for r in b]

@@ -108,12 +108,13 @@ def test_evol_eliminations():
         r["output"] = out
     assert keep("refusal", responses) == ["an apology ('sorry' in 9 words)",
                                           "very short (1 words)", True, True]
-    only = [{"output": o} for o in ["... it is, and the !", "the of , to", "The cat sat."]]
-    assert keep("stopwords_only", only) == ["only punctuation and stop words"] * 2 + [True]
+    only = [{"output": o} for o in ["... it is, and the !", "the of , to", "The cat sat.", "No."]]
+    assert keep("stopwords_only", only) == ["only punctuation and stop words"] * 2 + [True, True]
     copied = [{"instruction": t, "prompt": "Rewrite.\n#Original Instruction#:\nX\n#Secret Tag#"}
-              for t in ["Rewrite the given prompt to be longer.", "A #secret tag# task.",
+              for t in ["Rewrite the original instruction to be longer.", "A #secret tag# task.",
                         "Name five rivers."]]
-    assert keep("copies_prompt", copied) == ["copies 'given prompt' from the evolving prompt",
+    assert keep("copies_prompt", copied) == ["copies 'original instruction' from the evolving "
+                                             "prompt",
                                              "copies '#Secret Tag#' from the evolving prompt",
                                              True]
 
@@ -155,3 +156,24 @@ def test_a_chain_records_the_first_filter_that_drops_and_its_reason(seeds):
                                          "'output' field"):
         apply_filters(pool, [ComponentConfig("word_length", {"field": "output"})], REGISTRY,
                       "stage")
+
+
+def test_the_evol_eliminations_keep_the_real_seed_tasks(shared_data):
+    lines = (shared_data / "alpaca_seed_tasks.jsonl").read_text().splitlines()
+    tasks = [json.loads(line) for line in lines]
+    pool = [{"prompt_id": t["id"], "text": t["instruction"], "instruction": t["instruction"],
+             "parent": t["instruction"], "prompt": "#Original Instruction#", "input": i["input"],
+             "output": i["output"]} for t in tasks for i in t["instances"]]
+    refused = keep("refusal", pool)
+    for sample, verdict in zip(pool, refused, strict=True):
+        words = sample["output"].split()
+        sorry = any(p in sample["output"].lower() for p in ("sorry", "apologi", "as an ai",
+                                                             "i cannot", "i can't", "unable"))
+        assert (verdict is True) == (len(words) >= 3 and not (sorry and len(words) < 80)), \
+            sample["output"]
+    assert sum(v is not True for v in refused) > 0  # seed tasks with one-word answers
+    assert all(v is True for v in keep("stopwords_only", pool))
+    assert all(v is True for v in keep("copies_prompt", pool))
+    assert all(v is True for v in keep("conflicting_outputs", pool))
+    assert keep("no_gain", pool[:3], FilterContext(ask=lambda p, n: [])) == [
+        "identical to its parent"] * 3
