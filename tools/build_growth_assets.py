@@ -129,13 +129,13 @@ def warmup(seed: int = 0) -> list[dict[str, Any]]:
     from tempering.pipeline.growth import Task, numbered
     from tempering.pipeline.self_instruct import _classify_examples, _instance_examples
     from tempering.plugin_manager import build_plugin_manager, build_registry
+    from tempering.plugins.instruction_filters import NO_GAIN_PROMPT
     from tempering.recipe.growth import (
         CLASSIFY_PROMPT,
         INSTANCE_PROMPT,
         INSTRUCTION_PROMPT,
         LABEL_FIRST_PROMPT,
     )
-    from tempering.plugins.instruction_filters import NO_GAIN_PROMPT
 
     rng = random.Random(seed)
     comps = _compositions()
