@@ -57,9 +57,11 @@ def _seeds(view: Recipe) -> list[dict[str, Any]]:
 
 
 def _evolve_chunk(view: Recipe, round_: int, chunk: int, items: list[dict[str, Any]],
-                  generator: Any, registry: Any, label: str) -> list[dict[str, Any]]:
+                  generator: Any, registry: Any, label: str, stage_round: int = 1
+                  ) -> list[dict[str, Any]]:
     cfg = view.evolve
-    seed = chunk_seed(view, round_ * 7919, chunk)
+    # Seeded by the pipeline's round, the evolution round and the chunk.
+    seed = chunk_seed(view, stage_round * 1000 + round_, chunk)
     rng = random.Random(seed)
     params = params_of(view, seed, n=1)
     picks = [cfg.operators[rng.randrange(len(cfg.operators))] for _ in items]
@@ -110,7 +112,7 @@ def _evolve_shard(rank: int, world: int, view: Recipe, ctx: StageContext,
             generator = state.get("g") or state.setdefault(
                 "g", build_generator(view, pm, registry, rank))
             return _evolve_chunk(view, r, chunk, items[start:stop], generator, registry,
-                                 ctx.label)
+                                 ctx.label, ctx.round)
 
         run_chunks(folder, len(items), size, work, desc=f"Evolving, round {r} ({ctx.label})")
         items = _next(gather(folder, -(-len(items) // size)))
