@@ -44,12 +44,13 @@ def _answer(prompt: str, rng: random.Random) -> tuple[str, str]:
                 f"Input: {rng.choice(TOPICS)}\nExample 3\nInput: x\nOutput: y z"), "stop"
     if "#New Instruction#" in prompt:
         base = prompt.split("#Original Instruction#:\n", 1)[1].split("\n\n#New", 1)[0]
-        return rng.choice([f"#New Instruction#: {base} Use exactly {rng.randint(2, 9)} "
-                           "sentences.", base, f"Rewrite the original instruction: {base}"]), "stop"
+        longer = f"#New Instruction#: {base} Use exactly {rng.randint(2, 9)} sentences."
+        return rng.choice([longer, longer, base, f"Rewrite the original instruction: {base}"]), \
+            "stop"
     if "Instruction B:" in prompt:
         return rng.choice(["more", "same", "hmm"]), "stop"
     full = "The answer, in full: " + " ".join(rng.choice(TOPICS) for _ in range(6))
-    return rng.choice(["Sorry, I cannot do that.", "ok.", full, full]), "stop"
+    return rng.choice(["Sorry, I cannot do that.", "ok.", full, full, full]), "stop"
 
 
 class ScriptedGenerator:

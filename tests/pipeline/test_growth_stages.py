@@ -89,13 +89,16 @@ def test_self_instruct_then_instances_then_training(tiny_recipe, shared_data, tm
 def test_evolve_records_seed_operator_chain_and_round(tiny_recipe, shared_data, tmp_path):
     stages = [{"kind": "evolve"},
               {"kind": "train", "data": {"train": [{"path": "stage:evolve",
-                                                    "format": "messages"}]}}]
-    run_pipeline(load_recipe(_recipe(tiny_recipe, shared_data, stages)))
+                                                    "format": "messages"}],
+                                         "max_length": 1024}}]
+    recipe = _recipe(tiny_recipe, shared_data, stages)
+    recipe["evolve"]["seeds"][0]["max_records"] = 24
+    run_pipeline(load_recipe(recipe))
     folder = tmp_path / "run" / "round-1" / "0-evolve"
     kept, rejects, summary = _accounted(folder)
-    assert summary["candidates"] == 10 * 3  # every seed, every round
+    assert summary["candidates"] == 24 * 3  # every seed, every round
     assert {r["filtered_by"] for r in rejects} >= {"copies_prompt", "refusal"}
-    assert kept, "nothing survived elimination"
+    assert len(kept) >= 5, "hardly anything survived elimination"
     for r in kept + rejects:
         assert r["seed_id"].startswith("seed_task_") and 1 <= r["round"] <= 3
         assert r["operators"][-1] == r["operator"] and len(r["operators"]) <= r["round"]
