@@ -105,9 +105,10 @@ class OverflowPolicy:
 
     Attributes:
         name: the name recipes use.
-        fit: ``fit(encoder, messages, encoded, max_length, **options) -> Encoded | None``: an
-            encoding that fits, or None to drop the record (counted as ``too_long``). It may
-            raise :class:`tempering.BadRecordError` to drop it under a kind of its own.
+        fit: ``fit(encoder, messages, encoded, max_length, **options) -> Encoded | list | None``:
+            an encoding that fits, a list of them (the conversation becomes several examples),
+            or None to drop the record (counted as ``too_long``). It may raise
+            :class:`tempering.BadRecordError` to drop it under a kind of its own.
         description: one line for ``tempering plugins``.
     """
 

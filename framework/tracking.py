@@ -90,6 +90,8 @@ def log_run_end(logger: Any, recipe: Recipe, summary: dict[str, Any], final_dir:
     flat = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) or v is None}
     for kind, count in summary.get("skipped_records", {}).items():
         flat[f"skipped/{kind}"] = count
+    for key, value in (summary.get("overflow") or {}).items():
+        flat[f"overflow/{key}"] = value
     run.summary.update(flat)
     if recipe.wandb.log_model and final_dir is not None:
         import wandb

@@ -29,7 +29,7 @@ __all__ = ["IGNORE_INDEX", "ENCODER_FORMAT", "Encoded", "ConversationEncoder",
 IGNORE_INDEX = -100
 # Bump whenever the labels the encoder produces, or the columns the tokenization cache holds,
 # change: it is part of the cache's fingerprint, so stale data is never read back after an upgrade.
-ENCODER_FORMAT = 3
+ENCODER_FORMAT = 4
 
 
 class UnrenderedFieldError(TemplateError):

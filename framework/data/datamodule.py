@@ -152,6 +152,7 @@ class ConversationDataModule(pl.LightningDataModule):
         self._prepared = False
         self._stats: dict[str, Any] = {}
         self._teacher_cache: dict[str, Any] = {}
+        self._train_too_long = 0
 
     # -- Lightning hooks --------------------------------------------------------------------
 
@@ -203,7 +204,9 @@ class ConversationDataModule(pl.LightningDataModule):
         records = len(train) + self.bad_records.total  # read from the training sources
         if not train:
             raise self._no_data(records, 0)
+        before = self.bad_records.counts.get("too_long", 0)
         self.train_data = self._tokenize(train, "Tokenizing train")
+        self._train_too_long = self.bad_records.counts.get("too_long", 0) - before
         if len(self.train_data) == 0:
             raise self._no_data(records, len(train))
         self.val_conversations = val
@@ -222,6 +225,7 @@ class ConversationDataModule(pl.LightningDataModule):
             "train_supervised_tokens": int(sum(supervised)),
             "supervised_ratio": sum(supervised) / max(1, sum(lengths)),
             "skipped_records": dict(self.bad_records.counts),
+            "overflow": self._overflow_counts(),
             # which tokens end the trained turns, and how many trained turns end with none
             "end_of_turn_tokens": {self.tokenizer.convert_ids_to_tokens(i): n
                                    for i, n in stops.most_common()},
@@ -229,6 +233,12 @@ class ConversationDataModule(pl.LightningDataModule):
             "template_split_markers": {m.marker: m.pieces for m in self.encoder.split_markers},
         }
         self._prepared = True
+
+    def _overflow_counts(self) -> dict[str, Any]:
+        """What ``data.overflow`` did to the training conversations over ``max_length``."""
+        rows = [r for r in self.train_data["overflow_rows"] if r]
+        return {"policy": self.recipe.data.overflow.name, "fitted": len(rows),
+                "examples": int(sum(rows)), "dropped": self._train_too_long}
 
     def _cache_teacher(self) -> None:
         """Offline distillation: the teacher's top-k at every supervised position, computed

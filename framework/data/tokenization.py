@@ -13,51 +13,71 @@ from tempering.chat.templates import TemplateError
 from tempering.data.records import BadRecordError
 from tempering.data.sources import SKIP_HINT, BadRecordLog, Conversation, DataError
 
-__all__ = ["encode_one", "tokenize_conversations"]
+__all__ = ["encode_rows", "encode_one", "tokenize_conversations"]
 
 _COLUMNS = ("input_ids", "labels", "length", "num_supervised", "stop_ids", "unterminated",
-            "error_kind", "error")
+            "overflow_rows", "source", "error_kind", "error")
+
+
+def _row(enc: Any, overflow_rows: int) -> dict[str, Any]:
+    return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids),
+            "num_supervised": enc.num_supervised, "stop_ids": enc.stop_ids,
+            "unterminated": len(enc.unterminated), "overflow_rows": overflow_rows,
+            "error_kind": "", "error": ""}
+
+
+def encode_rows(encoder: ConversationEncoder, messages: list[dict[str, Any]], max_length: int,
+                overflow: Any, overflow_options: dict[str, Any] | None = None
+                ) -> list[dict[str, Any]]:
+    """The examples of one conversation: one row, or, for a conversation over ``max_length``,
+    the rows the overflow policy (a :class:`tempering.OverflowPolicy`) made of it (several for a
+    policy that splits; ``overflow_rows`` on the first says how many). A conversation that
+    cannot be used is one row with ``error_kind``."""
+    try:
+        enc = encoder.encode(messages)
+        if len(enc.input_ids) <= max_length:
+            if enc.num_supervised == 0:
+                return [_bad("no_supervised_tokens", "no token is trained")]
+            return [_row(enc, 0)]
+        fitted = overflow.fit(encoder, messages, enc, max_length, **(overflow_options or {}))
+        if fitted is None:
+            return [_bad("too_long", f"{len(enc.input_ids)} tokens > max_length {max_length}")]
+        fitted = fitted if isinstance(fitted, list) else [fitted]
+        for f in fitted:
+            if len(f.input_ids) > max_length:
+                raise RuntimeError(f"overflow policy {overflow.name!r} returned "
+                                   f"{len(f.input_ids)} tokens for max_length {max_length}")
+        rows = [_row(f, len(fitted) if i == 0 else 0) for i, f in enumerate(fitted)
+                if f.num_supervised > 0]
+        return rows or [_bad("no_supervised_tokens", "no token is trained")]
+    except BadRecordError as exc:
+        return [_bad(exc.kind, str(exc))]
+    except TemplateError as exc:
+        return [_bad(getattr(exc, "kind", "template_error"), str(exc))]
+    except ValueError as exc:
+        return [_bad("no_supervised_tokens", str(exc))]
 
 
 def encode_one(encoder: ConversationEncoder, messages: list[dict[str, Any]], max_length: int,
                overflow: Any, overflow_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Encode one conversation applying the overflow policy (a :class:`tempering.OverflowPolicy`);
-    errors become ``error_kind``."""
-    try:
-        enc = encoder.encode(messages)
-        if len(enc.input_ids) > max_length:
-            fitted = overflow.fit(encoder, messages, enc, max_length, **(overflow_options or {}))
-            if fitted is None:
-                return _bad("too_long", f"{len(enc.input_ids)} tokens > max_length {max_length}")
-            if len(fitted.input_ids) > max_length:
-                raise RuntimeError(f"overflow policy {overflow.name!r} returned "
-                                   f"{len(fitted.input_ids)} tokens for max_length {max_length}")
-            enc = fitted
-        if enc.num_supervised == 0:
-            return _bad("no_supervised_tokens", "no token is trained")
-    except BadRecordError as exc:
-        return _bad(exc.kind, str(exc))
-    except TemplateError as exc:
-        return _bad(getattr(exc, "kind", "template_error"), str(exc))
-    except ValueError as exc:
-        return _bad("no_supervised_tokens", str(exc))
-    return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids),
-            "num_supervised": enc.num_supervised, "stop_ids": enc.stop_ids,
-            "unterminated": len(enc.unterminated), "error_kind": "", "error": ""}
+    """The first row :func:`encode_rows` makes of one conversation."""
+    return encode_rows(encoder, messages, max_length, overflow, overflow_options)[0]
 
 
 def _bad(kind: str, message: str) -> dict[str, Any]:
     return {"input_ids": [], "labels": [], "length": 0, "num_supervised": 0, "stop_ids": [],
-            "unterminated": 0, "error_kind": kind, "error": message}
+            "unterminated": 0, "overflow_rows": 0, "error_kind": kind, "error": message}
 
 
 def _encode_batch(batch: dict[str, list], encoder: ConversationEncoder, max_length: int,
                   overflow: Any, overflow_options: dict[str, Any]) -> dict[str, list]:
     out: dict[str, list] = {c: [] for c in _COLUMNS}
-    for messages in batch["messages"]:
-        row = encode_one(encoder, json.loads(messages), max_length, overflow, overflow_options)
-        for c in _COLUMNS:
-            out[c].append(row[c])
+    for source, messages in zip(batch["source"], batch["messages"], strict=True):
+        for row in encode_rows(encoder, json.loads(messages), max_length, overflow,
+                               overflow_options):
+            row["source"] = source
+            for c in _COLUMNS:
+                out[c].append(row[c])
     return out
 
 
@@ -96,6 +116,7 @@ def tokenize_conversations(
         # JSON text, not Arrow structs: nested fields (tool-call arguments) of different shapes
         # would otherwise be merged into one schema and padded with nulls.
         "messages": [json.dumps(c.messages) for c in conversations],
+        "source": list(range(len(conversations))),  # a conversation may become several rows
     })
     cache = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "tempering"
     cache.mkdir(parents=True, exist_ok=True)
@@ -103,14 +124,14 @@ def tokenize_conversations(
         _encode_batch, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
         fn_kwargs={"encoder": encoder, "max_length": max_length, "overflow": overflow,
                    "overflow_options": options},
-        remove_columns=["messages"], new_fingerprint=fingerprint,
+        remove_columns=["messages", "source"], new_fingerprint=fingerprint,
         cache_file_name=str(cache / f"{fingerprint}.arrow"), desc=desc,
     )
     # Where each record came from is attached fresh, never read back from the cache: the same
     # conversations copied to another file are cached once but reported under the file read.
     if "origin" in encoded.column_names:  # a cache written before origins were kept out of it
         encoded = encoded.remove_columns(["origin"])
-    encoded = encoded.add_column("origin", [c.origin for c in conversations])
+    encoded = encoded.add_column("origin", [conversations[i].origin for i in encoded["source"]])
     kinds = encoded["error_kind"]
     bad = [i for i, k in enumerate(kinds) if k]
     if bad:

@@ -46,8 +46,10 @@ class DataConfig(_NamesComponents):
     val_fraction: float = doc("Fraction of training conversations held out for validation.", 0.0)
     max_length: int = doc("Maximum tokens per conversation.", 2048, minimum=1)
     overflow: ComponentConfig = component(
-        "drop", "Registered overflow policy for longer conversations: `drop` (counted) or "
-        "`truncate_turns` (keep the leading whole turns that fit); options go to its `fit`.")
+        "drop", "Registered overflow policy for longer conversations: `drop` (counted), "
+        "`drop_oldest_turns` (the system message and the most recent whole turns that fit), "
+        "`split_per_turn` (one example per trained assistant turn, each with the history that "
+        "fits) or `truncate_turns` (the leading whole turns that fit); options go to its `fit`.")
     packing: bool = doc("Pack conversations into rows of `max_length` tokens (best-fit decreasing).",
                         True)
     group_by_length: bool = doc("Without packing, batch conversations of similar length.", True)

@@ -90,7 +90,7 @@ def test_tokenization_is_cached_by_fingerprint(tmp_path, tiny_tokenizer, monkeyp
     def fail(*a, **k):
         raise AssertionError("re-tokenized instead of reading the cache")
 
-    monkeypatch.setattr(tok_mod, "encode_one", fail)
+    monkeypatch.setattr(tok_mod, "encode_rows", fail)
     second = tokenize_conversations(convs, encoder, **kw)
     assert second["input_ids"] == first["input_ids"]
     with pytest.raises(AssertionError, match="re-tokenized"):  # other inputs: a new fingerprint
