@@ -122,6 +122,16 @@ class SpanFinder:
         content = messages[index]["content"]
         stripped = content.rstrip()
         at = self._probe(messages, index, text, stripped + PROBE + content[len(stripped):])
+        if at is None and self.render(messages[:index] + [dict(messages[index], content=PROBE)]
+                                      + messages[index + 1:]) == text:
+            err = TemplateError(
+                f"message {index}: template {self.name!r} does not render its content"
+                + (" (it writes only the tool calls of a message that has them, as Llama 3.1 "
+                   "does)" if messages[index].get("tool_calls") else "")
+                + ", so it would never be trained; empty the content or use a template that "
+                "renders it")
+            err.kind = "content_not_rendered"  # type: ignore[attr-defined]
+            raise err
         if at is None:
             raise TemplateError(
                 f"template {self.name!r}: cannot locate the content of message {index} in the "
@@ -188,7 +198,13 @@ class SpanFinder:
         block), so a placeholder assistant turn is tried next, and the end of the text last.
         """
         if index + 1 < len(messages):
-            return tokens.snap(common_prefix(text, self.render(messages[:index + 1])))
+            limit = tokens.snap(common_prefix(text, self.render(messages[:index + 1])))
+            if limit >= floor or floor == 0:
+                return limit
+            # Rendered as the final message, the turn differs before its content (Qwen3 adds
+            # an empty think block to the last turn only): take what the template writes after
+            # the content of the turn rendered alone, where it follows the content here too.
+            return self._tail_limit(messages, index, text, tokens, floor)
         for role in ("user", "assistant"):
             try:
                 after = self.render(messages + [{"role": role, "content": _NEXT_TURN}])
@@ -198,6 +214,21 @@ class SpanFinder:
             if limit >= floor:
                 return limit
         return len(text)
+
+    def _tail_limit(self, messages: list[dict[str, Any]], index: int, text: str,
+                    tokens: _Tokens, content_end: int) -> int:
+        alone = self.render(messages[:index + 1])
+        content = messages[index]["content"]
+        stripped = content.rstrip()
+        probe = dict(messages[index], content=stripped + PROBE + content[len(stripped):])
+        probed = self.render(messages[:index] + [probe])
+        at = common_prefix(alone, probed)
+        tail = alone[at:]
+        if probed[at:at + len(PROBE)] != PROBE or not text.startswith(tail, content_end):
+            raise TemplateError(
+                f"template {self.name!r}: message {index} renders differently when later "
+                "messages follow it, after its content too, so its turn end cannot be found")
+        return tokens.snap(content_end + len(tail))
 
     def _end_of_turn(self, messages: list[dict[str, Any]], index: int, text: str,
                      tokens: _Tokens, content_end: int, limit: int) -> int | None:
