@@ -153,13 +153,28 @@ def _cmd_preview(args: argparse.Namespace) -> int:
                                        on_bad_record="skip",
                                        seed=recipe.train.seed, log=log)[: args.n]
     color = sys.stdout.isatty()
-    tokens = supervised = 0
+    from tempering.data.tokenization import encode_rows
+
+    d = recipe.data
+    overflow = registry.get("overflow_policy", d.overflow.name)
+    tokens = supervised = examples = 0
     for conv in conversations:
-        enc = encoder.encode(conv.messages)
-        tokens, supervised = tokens + len(enc.input_ids), supervised + enc.num_supervised
-        print(f"--- {conv.origin}: {enc.num_supervised}/{len(enc.input_ids)} tokens trained")
-        print(_highlight(tokenizer, enc.input_ids, enc.labels, color))
-    print(f"supervised-token ratio over {len(conversations)} examples: "
+        rows = encode_rows(encoder, conv.messages, d.max_length, overflow, d.overflow.options)
+        for k, row in enumerate(rows):
+            if row["error_kind"]:
+                print(f"--- {conv.origin}: set aside ({row['error_kind']}): {row['error']}")
+                continue
+            lost = rows[0]["turns_dropped"]
+            fitted = (f" ({d.overflow.name}: example {k + 1} of {len(rows)}, over "
+                      f"max_length {d.max_length}"
+                      + (f"; {lost} trained turns left out" if lost else "") + ")"
+                      if rows[0]["overflow_rows"] else "")
+            examples += 1
+            tokens, supervised = tokens + row["length"], supervised + row["num_supervised"]
+            print(f"--- {conv.origin}: {row['num_supervised']}/{row['length']} tokens "
+                  f"trained{fitted}")
+            print(_highlight(tokenizer, row["input_ids"], row["labels"], color))
+    print(f"supervised-token ratio over {examples} examples: "
           f"{supervised / max(1, tokens):.3f}")
     if log.total:
         print(f"skipped records: {dict(log.counts)}")

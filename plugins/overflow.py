@@ -33,8 +33,7 @@ def truncate_turns(encoder: Any, messages: list[dict[str, Any]], encoded: Any,
             continue
         if len(enc.input_ids) <= max_length and enc.num_supervised > 0:
             return enc
-    raise BadRecordError("no_supervised_tokens",
-                         f"no leading whole turn fits in max_length {max_length}")
+    raise BadRecordError("too_long", f"no leading whole turn fits in max_length {max_length}")
 
 
 def _recent_turns(encoder: Any, messages: list[dict[str, Any]], max_length: int) -> Any:

@@ -1,4 +1,4 @@
-"""Built-in record formats: alpaca, prompt/completion, OpenAI messages and ShareGPT.
+"""Built-in record formats: alpaca, prompt/completion, OpenAI messages, ShareGPT and MT-Bench.
 
 Each converter returns ``(messages, where)``: OpenAI-style ``{"role", "content"[, "train"]}``
 dicts (messages records also keep ``tool_calls``, ``reasoning_content``, ``tool_call_id`` and
@@ -126,6 +126,29 @@ def sharegpt(record: dict[str, Any]) -> Converted:
                  for i in range(len(out))]
 
 
+def mt_bench(record: dict[str, Any], answers: str = "reference") -> Converted:
+    """MT-Bench: ``turns`` (the user's questions), and under ``answers`` (``reference``, or a
+    model's answers) one answer per turn, placed after it. Without answers the conversation
+    is the questions alone: a prompt for multi-turn generation (never trained)."""
+    turns = record.get("turns")
+    if not isinstance(turns, list) or not turns:
+        raise BadRecordError("missing_field", "missing or empty field 'turns'", "turns")
+    replies = record.get(answers)
+    if replies is not None and (not isinstance(replies, list) or len(replies) != len(turns)):
+        raise BadRecordError("bad_type", f"field {answers!r} must list one answer per turn "
+                             f"({len(turns)})", answers)
+    out, where = [], []
+    for i, question in enumerate(turns):
+        if not isinstance(question, str):
+            raise BadRecordError("bad_type", f"turns[{i}] must be a string", f"turns[{i}]")
+        out.append({"role": "user", "content": question})
+        where.append(f"turns[{i}]")
+        if replies is not None:
+            out.append({"role": "assistant", "content": _text({"a": replies[i]}, "a")})
+            where.append(f"{answers}[{i}]")
+    return out, where
+
+
 @hookimpl
 def register_record_formats() -> list[RecordFormat]:
     # Registration order is the order `format: auto` tries them in.
@@ -138,6 +161,8 @@ def register_record_formats() -> list[RecordFormat]:
                      "Alpaca: {instruction, input?, output}"),
         RecordFormat("prompt_completion", prompt_completion,
                      lambda r: "prompt" in r and "completion" in r, "{prompt, completion}"),
+        RecordFormat("mt_bench", mt_bench, lambda r: "turns" in r and "question_id" in r,
+                     "MT-Bench: {turns: [...], reference?: [...]}"),
     ]
 
 

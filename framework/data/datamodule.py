@@ -238,7 +238,8 @@ class ConversationDataModule(pl.LightningDataModule):
         """What ``data.overflow`` did to the training conversations over ``max_length``."""
         rows = [r for r in self.train_data["overflow_rows"] if r]
         return {"policy": self.recipe.data.overflow.name, "fitted": len(rows),
-                "examples": int(sum(rows)), "dropped": self._train_too_long}
+                "examples": int(sum(rows)), "dropped": self._train_too_long,
+                "turns_dropped": int(sum(self.train_data["turns_dropped"]))}
 
     def _cache_teacher(self) -> None:
         """Offline distillation: the teacher's top-k at every supervised position, computed

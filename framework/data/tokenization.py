@@ -16,14 +16,14 @@ from tempering.data.sources import SKIP_HINT, BadRecordLog, Conversation, DataEr
 __all__ = ["encode_rows", "encode_one", "tokenize_conversations"]
 
 _COLUMNS = ("input_ids", "labels", "length", "num_supervised", "stop_ids", "unterminated",
-            "overflow_rows", "source", "error_kind", "error")
+            "overflow_rows", "turns_dropped", "source", "error_kind", "error")
 
 
-def _row(enc: Any, overflow_rows: int) -> dict[str, Any]:
+def _row(enc: Any, overflow_rows: int, turns_dropped: int = 0) -> dict[str, Any]:
     return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids),
             "num_supervised": enc.num_supervised, "stop_ids": enc.stop_ids,
             "unterminated": len(enc.unterminated), "overflow_rows": overflow_rows,
-            "error_kind": "", "error": ""}
+            "turns_dropped": turns_dropped, "error_kind": "", "error": ""}
 
 
 def encode_rows(encoder: ConversationEncoder, messages: list[dict[str, Any]], max_length: int,
@@ -47,8 +47,12 @@ def encode_rows(encoder: ConversationEncoder, messages: list[dict[str, Any]], ma
             if len(f.input_ids) > max_length:
                 raise RuntimeError(f"overflow policy {overflow.name!r} returned "
                                    f"{len(f.input_ids)} tokens for max_length {max_length}")
-        rows = [_row(f, len(fitted) if i == 0 else 0) for i, f in enumerate(fitted)
-                if f.num_supervised > 0]
+        fitted = [f for f in fitted if f.num_supervised > 0]
+        # Trained turns of the whole conversation that no example trains (an old turn
+        # dropped, a turn that does not fit even alone): counted, never silently lost.
+        lost = max(0, len(enc.spans) - sum(len(f.spans) for f in fitted))
+        rows = [_row(f, len(fitted) if i == 0 else 0, lost if i == 0 else 0)
+                for i, f in enumerate(fitted)]
         return rows or [_bad("no_supervised_tokens", "no token is trained")]
     except BadRecordError as exc:
         return [_bad(exc.kind, str(exc))]
@@ -66,7 +70,8 @@ def encode_one(encoder: ConversationEncoder, messages: list[dict[str, Any]], max
 
 def _bad(kind: str, message: str) -> dict[str, Any]:
     return {"input_ids": [], "labels": [], "length": 0, "num_supervised": 0, "stop_ids": [],
-            "unterminated": 0, "overflow_rows": 0, "error_kind": kind, "error": message}
+            "unterminated": 0, "overflow_rows": 0, "turns_dropped": 0, "error_kind": kind,
+            "error": message}
 
 
 def _encode_batch(batch: dict[str, list], encoder: ConversationEncoder, max_length: int,

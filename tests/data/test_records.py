@@ -380,3 +380,22 @@ def test_nothing_selected_is_an_error(tiny_tokenizer) -> None:
     messages = [dict(m, train=False) for m in TWO_TURNS]
     with pytest.raises(ValueError, match="selected no message"):
         encode_conversation(messages, tiny_tokenizer, chat_template="chatml", masking="per_message", registry=REGISTRY)
+
+
+def test_mt_bench_records_become_conversations_with_their_answers():
+    from tempering.data.records import to_messages
+    from tests.conftest import REGISTRY
+
+    record = {"question_id": 1, "turns": ["Q1?", "Q2?"], "reference": ["A1.", "A2."]}
+    assert detect_format(record, REGISTRY) == "mt_bench"
+    assert to_messages(record, "mt_bench", registry=REGISTRY) == [
+        {"role": "user", "content": "Q1?"}, {"role": "assistant", "content": "A1."},
+        {"role": "user", "content": "Q2?"}, {"role": "assistant", "content": "A2."}]
+    mine = {"question_id": 1, "turns": ["Q1?"], "answers": ["Mine."]}
+    assert to_messages(mine, "mt_bench", registry=REGISTRY, options={"answers": "answers"})[1] \
+        == {"role": "assistant", "content": "Mine."}
+    with pytest.raises(BadRecordError, match="one answer per turn") as err:
+        to_messages({**record, "reference": ["A1."]}, "mt_bench", registry=REGISTRY)
+    assert err.value.field == "reference"
+    with pytest.raises(BadRecordError, match="no assistant message"):
+        to_messages({"question_id": 2, "turns": ["Q?"]}, "mt_bench", registry=REGISTRY)

@@ -124,6 +124,60 @@ def test_the_run_summary_counts_what_the_policy_did(tiny_recipe, tmp_path):
                                 build_registry(pm))
     dm.setup("fit")
     overflow = dm.stats()["overflow"]
-    assert overflow == {"policy": "split_per_turn", "fitted": 1, "examples": 8, "dropped": 1}
+    assert overflow == {"policy": "split_per_turn", "fitted": 1, "examples": 8, "dropped": 1,
+                        "turns_dropped": 0}
     assert dm.stats()["train_conversations"] == 1 + 8
     assert json.dumps(overflow)
+
+
+def test_trained_turns_left_out_are_counted(tiny_tokenizer):
+    enc = _encoder(tiny_tokenizer, masking="all_assistant")
+    messages = _conversation(6)
+    limit = len(enc.encode(messages).input_ids) * 3 // 5
+    (row,) = _rows(enc, messages, limit, "drop_oldest_turns")
+    kept = len(enc.encode(messages).spans) - row["turns_dropped"]
+    assert 0 < row["turns_dropped"] < 6 and kept == len([
+        t for t in range(6) if f"answer {t}" in tiny_tokenizer.decode(row["input_ids"])])
+    long_first = [messages[0], {"role": "user", "content": "q " * 200},
+                  {"role": "assistant", "content": "long " * 200}] + messages[1:5]
+    rows = _rows(enc, long_first, limit, "split_per_turn")
+    assert len(rows) == 2 and rows[0]["turns_dropped"] == 1  # the long turn fits nowhere
+
+
+def test_real_conversations_through_every_builtin_template_and_policy(shared_data, tmp_path):
+    """fastchat's 500 conversations and MT-Bench's questions with their reference answers: read,
+    rendered by every built-in template, masked, fitted by every policy; nothing fails."""
+    from transformers import AutoTokenizer
+
+    from tempering.data.sources import load_conversations
+    from tempering.recipe import DataSource
+    from tests.conftest import TINY
+
+    tok = AutoTokenizer.from_pretrained(TINY)
+    pm = build_plugin_manager(entry_points=False)
+    log = BadRecordLog()
+    fastchat = load_conversations(
+        [DataSource(path=str(shared_data / "fastchat_dummy_conversation.json"),
+                    format="sharegpt")], pm.hook.format_example, REGISTRY,
+        on_bad_record="error", seed=0, log=log)
+    bench = load_conversations(
+        [DataSource(path=str(shared_data / "mt_bench_question.jsonl"), format="mt_bench")],
+        pm.hook.format_example, REGISTRY, on_bad_record="skip", seed=0, log=log)
+    # 41 questions have no reference answers, 8 an empty one for a turn: counted, not read.
+    assert len(fastchat) == 500 and len(bench) == 31
+    assert log.counts == {"no_assistant": 41, "empty_assistant": 8}
+    assert [m["role"] for m in bench[0].messages] == ["user", "assistant"] * 2
+    conversations = fastchat[::5] + bench
+    for template in REGISTRY.names("chat_template"):
+        for masking in ("last_assistant", "all_assistant"):
+            encoder = ConversationEncoder(tok, chat_template=template, masking=masking,
+                                          registry=REGISTRY)
+            for policy in ("drop_oldest_turns", "split_per_turn", "truncate_turns"):
+                seen = BadRecordLog()
+                data = tokenize_conversations(
+                    conversations, encoder, max_length=160,
+                    overflow=REGISTRY.get("overflow_policy", policy), on_bad_record="error",
+                    log=seen, cache_dir=str(tmp_path))
+                assert set(seen.counts) <= {"too_long"}, (template, policy, seen.counts)
+                assert len(data) > 0 and max(data["length"]) <= 160
+                assert any(data["overflow_rows"]), (template, policy)
