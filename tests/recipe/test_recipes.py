@@ -66,7 +66,7 @@ def test_recipe_mistakes_are_one_line_with_the_key_path(raw, overrides, message)
     ("chat_template", "lama3", "chat_template: unknown chat_template 'lama3'; did you mean "
                                "'llama3'"),
     ("data.overflow", "trim", "data.overflow: unknown overflow_policy 'trim'; valid names: drop, "
-                              "truncate_turns"),
+                              "drop_oldest_turns, split_per_turn, truncate_turns"),
     ("data.train.0.format", "alpacca", "data.train[0].format: unknown record_format 'alpacca'; "
                                        "did you mean 'alpaca'"),
     ("eval.metrics", "[exact_mach]", "eval.metrics[0]: unknown metric 'exact_mach'; did you "

@@ -180,8 +180,11 @@ def test_truncating_to_leading_turns_and_zero_supervised_tokens(tiny_recipe, tmp
     recipe = load_recipe(tiny_recipe, ["data.overflow=truncate_turns", "data.on_bad_record=skip",
                                        "trainer.max_steps=1"])
     summary = run_recipe(recipe)
-    assert summary["skipped_records"] == {"no_supervised_tokens": 1}
+    # long_first's first turn does not fit: too long, as under `drop` (not an error kind)
+    assert summary["skipped_records"] == {"too_long": 1}
     assert summary["train_conversations"] == 64 + 1  # long_last kept its first turn
+    assert summary["overflow"] == {"policy": "truncate_turns", "fitted": 1, "examples": 1,
+                                   "dropped": 1, "turns_dropped": 1}  # its second answer
 
 
 @pytest.mark.gpu
