@@ -98,6 +98,8 @@ class SpanFinder:
         else:  # a tool-call-only turn: what it generates starts at the generation prompt's end
             limit = self._turn_limit(messages, index, text, tokens, 0)
             content_end = start = self._generation_start(messages, index, text, limit)
+            if limit <= start and index + 1 < len(messages):
+                limit = self._turn_after_prompt(messages, index, text, tokens, start)
         if start > content_end:
             raise TemplateError(
                 f"template {self.name!r}: the generation prompt for message {index} ends at "
@@ -229,6 +231,21 @@ class SpanFinder:
                 f"template {self.name!r}: message {index} renders differently when later "
                 "messages follow it, after its content too, so its turn end cannot be found")
         return tokens.snap(content_end + len(tail))
+
+    def _turn_after_prompt(self, messages: list[dict[str, Any]], index: int, text: str,
+                           tokens: _Tokens, start: int) -> int:
+        """For a turn with no content that renders otherwise as the last message (Qwen3's
+        empty think block): the end of the longest tail of its lone rendering that ``text``
+        has right after the generation prompt."""
+        alone = self.render(messages[:index + 1])
+        prompt = self.render(messages[:index], add_generation_prompt=True)
+        turn = alone[len(prompt):] if alone.startswith(prompt) else ""
+        for k in range(len(turn)):
+            if text.startswith(turn[k:], start):
+                return tokens.snap(start + len(turn) - k)
+        raise TemplateError(
+            f"template {self.name!r}: message {index} renders differently when later messages "
+            "follow it, so its turn end cannot be found")
 
     def _end_of_turn(self, messages: list[dict[str, Any]], index: int, text: str,
                      tokens: _Tokens, content_end: int, limit: int) -> int | None:

@@ -41,14 +41,15 @@ def _check(tok, enc, jinja, messages, expected):
     assert "OSLO-3C" in enc.text and "ROME-18C" in enc.text
 
 
+@pytest.mark.parametrize("content", ["Checking.", ""])  # words before the call, or none
 @pytest.mark.parametrize("name", ["qwen2_5", "qwen3"])
-def test_qwen_trains_every_call_and_the_answer(shared_data, name):
+def test_qwen_trains_every_call_and_the_answer(shared_data, name, content):
     jinja, tok = _vendor(shared_data, name, non_special=QWEN_MARKERS)
-    messages = _conversation("Checking.")
+    messages = _conversation(content)
     enc = encode_conversation(messages, tok, chat_template=jinja, registry=REGISTRY,
                               masking="all_assistant")
-    call = ('Checking.\n<tool_call>\n{{"name": "get_weather", "arguments": {{"city": "{}"}}}}\n'
-            "</tool_call><|im_end|>")
+    call = ((f"{content}\n" if content else "") + '<tool_call>\n{{"name": "get_weather", '
+            '"arguments": {{"city": "{}"}}}}\n</tool_call><|im_end|>')
     final = ("<think>\n\n</think>\n\n" if name == "qwen3" else "") + "Oslo 3C, Rome 18C.<|im_end|>"
     _check(tok, enc, jinja, messages, [call.format("Oslo"), call.format("Rome"), final])
 
