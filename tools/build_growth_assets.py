@@ -15,14 +15,13 @@ Deterministic; a test checks the committed files are what this code writes.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tools.build_assets import _word
+from tools.build_assets import _word, _write_jsonl
 
 __all__ = ["SEEDS", "seed_tasks", "warmup", "build"]
 
@@ -192,16 +191,10 @@ def warmup(seed: int = 0) -> list[dict[str, Any]]:
     return out
 
 
-def _write(path: Path, records: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
 def build(out: Path) -> None:
     (out / "data").mkdir(parents=True, exist_ok=True)
-    _write(out / "data" / "seed_tasks.jsonl", seed_tasks())
-    _write(out / "data" / "growth_warmup.jsonl", warmup())
+    _write_jsonl(out / "data" / "seed_tasks.jsonl", seed_tasks())
+    _write_jsonl(out / "data" / "growth_warmup.jsonl", warmup())
 
 
 if __name__ == "__main__":

@@ -98,8 +98,10 @@ class SpanFinder:
         else:  # a tool-call-only turn: what it generates starts at the generation prompt's end
             limit = self._turn_limit(messages, index, text, tokens, 0)
             content_end = start = self._generation_start(messages, index, text, limit)
-            if limit <= start and index + 1 < len(messages):
-                limit = self._turn_after_prompt(messages, index, text, tokens, start)
+        if index + 1 < len(messages) and limit < max(content_end, start + 1):
+            # Rendered as the final message, the turn differs (Qwen3 adds an empty think block
+            # to the last turn only), so where that rendering and this one part is no turn end.
+            limit = self._lone_turn_end(messages, index, text, tokens)
         if start > content_end:
             raise TemplateError(
                 f"template {self.name!r}: the generation prompt for message {index} ends at "
@@ -200,13 +202,7 @@ class SpanFinder:
         block), so a placeholder assistant turn is tried next, and the end of the text last.
         """
         if index + 1 < len(messages):
-            limit = tokens.snap(common_prefix(text, self.render(messages[:index + 1])))
-            if limit >= floor or floor == 0:
-                return limit
-            # Rendered as the final message, the turn differs before its content (Qwen3 adds
-            # an empty think block to the last turn only): take what the template writes after
-            # the content of the turn rendered alone, where it follows the content here too.
-            return self._tail_limit(messages, index, text, tokens, floor)
+            return tokens.snap(common_prefix(text, self.render(messages[:index + 1])))
         for role in ("user", "assistant"):
             try:
                 after = self.render(messages + [{"role": role, "content": _NEXT_TURN}])
@@ -217,32 +213,17 @@ class SpanFinder:
                 return limit
         return len(text)
 
-    def _tail_limit(self, messages: list[dict[str, Any]], index: int, text: str,
-                    tokens: _Tokens, content_end: int) -> int:
+    def _lone_turn_end(self, messages: list[dict[str, Any]], index: int, text: str,
+                       tokens: _Tokens) -> int:
+        """Where turn ``index`` ends in ``text``, from the turn rendered as the last message:
+        from where the two renderings part, the longest tail of the lone one that ``text``
+        has there."""
         alone = self.render(messages[:index + 1])
-        content = messages[index]["content"]
-        stripped = content.rstrip()
-        probe = dict(messages[index], content=stripped + PROBE + content[len(stripped):])
-        probed = self.render(messages[:index] + [probe])
-        at = common_prefix(alone, probed)
-        tail = alone[at:]
-        if probed[at:at + len(PROBE)] != PROBE or not text.startswith(tail, content_end):
-            raise TemplateError(
-                f"template {self.name!r}: message {index} renders differently when later "
-                "messages follow it, after its content too, so its turn end cannot be found")
-        return tokens.snap(content_end + len(tail))
-
-    def _turn_after_prompt(self, messages: list[dict[str, Any]], index: int, text: str,
-                           tokens: _Tokens, start: int) -> int:
-        """For a turn with no content that renders otherwise as the last message (Qwen3's
-        empty think block): the end of the longest tail of its lone rendering that ``text``
-        has right after the generation prompt."""
-        alone = self.render(messages[:index + 1])
-        prompt = self.render(messages[:index], add_generation_prompt=True)
-        turn = alone[len(prompt):] if alone.startswith(prompt) else ""
+        begin = common_prefix(text, alone)
+        turn = alone[begin:]
         for k in range(len(turn)):
-            if text.startswith(turn[k:], start):
-                return tokens.snap(start + len(turn) - k)
+            if text.startswith(turn[k:], begin):
+                return tokens.snap(begin + len(turn) - k)
         raise TemplateError(
             f"template {self.name!r}: message {index} renders differently when later messages "
             "follow it, so its turn end cannot be found")

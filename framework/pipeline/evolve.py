@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,14 @@ from tempering.pipeline.generate import (
     run_shards,
     wants_own_process,
 )
-from tempering.pipeline.growth import ask_function, count, read_tasks, user_turn
+from tempering.pipeline.growth import (
+    ask_function,
+    count,
+    growth_summary,
+    read_tasks,
+    split_kept,
+    user_turn,
+)
 from tempering.pipeline.samples import finalise, gather
 from tempering.recipe import Recipe
 
@@ -75,17 +83,13 @@ def _evolve_chunk(view: Recipe, round_: int, chunk: int, items: list[dict[str, A
              "finish_reason": a[0].finish_reason, "num_tokens": a[0].num_tokens}
             for item, e, a, p in zip(items, evolved, answers, prompts, strict=True)]
     context = FilterContext(label=label, ask=ask_function(generator, params))
-    verdicts = apply_filters(pool, cfg.filters, registry, label, context)
-    out = []
-    for i, (item, entry, pick) in enumerate(zip(items, pool, picks, strict=True)):
-        by, reason = verdicts.dropped.get(i, (None, ""))
-        out.append({**entry, "id": f"evol-r{round_}-{item['seed_id']}-{chunk}-{i}",
-                    "seed_id": item["seed_id"], "seed": item["seed"], "round": round_,
-                    "operator": pick.name, "operators": [*item["operators"], pick.name],
-                    "parent_operators": item["operators"], "accepted": by is None,
-                    "filtered_by": by, "filter_reason": reason or None,
-                    "notes": dict(context.notes) if i == 0 else {}})  # the chunk's, once
-    return out
+    decided = apply_filters(pool, cfg.filters, registry, label, context).mark(pool)
+    return [{**entry, "id": f"evol-r{round_}-{item['seed_id']}-{chunk}-{i}",
+             "seed_id": item["seed_id"], "seed": item["seed"], "round": round_,
+             "operator": pick.name, "operators": [*item["operators"], pick.name],
+             "parent_operators": item["operators"],
+             "notes": dict(context.notes) if i == 0 else {}}  # the chunk's, once
+            for i, (item, entry, pick) in enumerate(zip(items, decided, picks, strict=True))]
 
 
 def _next(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -128,19 +132,14 @@ def run_evolve(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[
     size = view.evolve.chunk_size
     records = [rec for r in range(1, view.evolve.rounds + 1)
                for rec in gather(ctx.folder / f"evolution-{r}", -(-len(items) // size))]
+    accepted, rejects = split_kept(records)
     kept = [{**r, "messages": [{"role": "user", "content": r["instruction"]},
                                {"role": "assistant", "content": r["output"], "train": True}]}
-            for r in records if r["accepted"]]
-    rejects = [r for r in records if not r["accepted"]]
-    notes: dict[str, int] = {}
-    for r in records:
-        for k, v in r.get("notes", {}).items():
-            notes[k] = notes.get(k, 0) + v
-    summary = {"stage": "evolve", "round": ctx.round, "seeds": len(items),
-               "rounds": view.evolve.rounds, "candidates": len(records), "kept": len(kept),
-               "rejected": len(rejects), "rejected_by": count(rejects, "filtered_by"),
-               "kept_by_round": count(kept, "round"), "kept_by_operator": count(kept, "operator"),
-               "filter_notes": notes}
+            for r in accepted]
+    notes = sum((Counter(r.get("notes", {})) for r in records), Counter())
+    summary = growth_summary("evolve", ctx.round, kept, rejects, seeds=len(items),
+                             rounds=view.evolve.rounds, kept_by_round=count(kept, "round"),
+                             kept_by_operator=count(kept, "operator"), filter_notes=dict(notes))
     out = finalise(ctx.folder, kept, summary, extra={"rejects.jsonl": rejects})
     for r in range(1, view.evolve.rounds + 1):
         shutil.rmtree(Path(ctx.folder) / f"evolution-{r}", ignore_errors=True)

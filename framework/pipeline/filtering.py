@@ -24,6 +24,16 @@ class Verdicts:
     kept: list[int] = field(default_factory=list)
     dropped: dict[int, tuple[str, str]] = field(default_factory=dict)
 
+    def mark(self, records: list[dict[str, Any]], key: str = "accepted") -> list[dict[str, Any]]:
+        """``records`` (the pool the chain ran over), each with the decision: ``key`` (kept or
+        not), ``filtered_by`` and ``filter_reason`` (None for a kept one)."""
+        out = []
+        for i, record in enumerate(records):
+            by, reason = self.dropped.get(i, (None, ""))
+            out.append({**record, key: by is None, "filtered_by": by,
+                        "filter_reason": reason or None})
+        return out
+
     def counts(self) -> dict[str, int]:
         """Dropped samples by filter."""
         out: dict[str, int] = {}

@@ -7,6 +7,7 @@ every candidate the generator wrote is in the stage's output or its ``rejects.js
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from collections import Counter
@@ -16,7 +17,7 @@ from typing import Any
 from tempering.recipe import DataSource
 
 __all__ = ["Task", "read_tasks", "Parsed", "parse_instructions", "parse_instances",
-           "numbered", "user_turn", "ask_function"]
+           "numbered", "user_turn", "ask_function", "count", "split_kept", "growth_summary"]
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,6 @@ def user_turn(text: str) -> list[dict[str, str]]:
 
 def ask_function(generator: Any, params: Any) -> Any:
     """``ask(prompts, max_new_tokens) -> answers``: greedy, one answer per prompt."""
-    import dataclasses
 
     def ask(prompts: list[str], max_new_tokens: int) -> list[str]:
         greedy = dataclasses.replace(params, n=1, temperature=0.0,
@@ -198,3 +198,18 @@ def ask_function(generator: Any, params: Any) -> Any:
 
 def count(items: list[dict[str, Any]], key: str) -> dict[str, int]:
     return dict(Counter(str(i.get(key)) for i in items))
+
+
+def split_kept(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                       list[dict[str, Any]]]:
+    """The accepted records and the rejected ones, each in order."""
+    return [r for r in records if r["accepted"]], [r for r in records if not r["accepted"]]
+
+
+def growth_summary(stage: str, round_: int, kept: list[dict[str, Any]],
+                   rejects: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The summary every stage that grows data starts from: candidates, kept, rejected, and
+    the rejections by filter."""
+    return {"stage": stage, "round": round_, "candidates": len(kept) + len(rejects),
+            "kept": len(kept), "rejected": len(rejects),
+            "rejected_by": count(rejects, "filtered_by"), **extra}

@@ -100,10 +100,7 @@ def run_filter(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[
     records = _input(ctx)
     verdicts = apply_filters([_pool_entry(r) for r in records], view.filter.filters, registry,
                              ctx.label)
-    decided = [{**r, "kept": i not in verdicts.dropped,
-                "filtered_by": verdicts.dropped.get(i, (None, None))[0],
-                "filter_reason": verdicts.dropped.get(i, (None, None))[1] or None}
-               for i, r in enumerate(records)]
+    decided = verdicts.mark(records, key="kept")
     kept = [r for r in decided if r["kept"]]
     prompts = {r["prompt_id"] for r in records}
     summary = {"stage": "filter", "round": ctx.round, "candidates": len(records),

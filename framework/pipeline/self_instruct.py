@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import sys
+from collections import Counter
 from typing import Any
 
 from tempering.components import FilterContext
@@ -33,11 +34,12 @@ from tempering.pipeline.generate import (
 from tempering.pipeline.growth import (
     Task,
     ask_function,
-    count,
+    growth_summary,
     numbered,
     parse_instances,
     parse_instructions,
     read_tasks,
+    split_kept,
     user_turn,
 )
 from tempering.pipeline.samples import (
@@ -88,12 +90,8 @@ def _step(view: Recipe, step: int, round_: int, generator: Any, tasks: list[Task
             rejects += [_entry(r["text"], "machine", **where, accepted=False,
                                filtered_by="parse", filter_reason=r["reason"])
                         for r in parsed.rejects]
-    verdicts = apply_filters(candidates, view.self_instruct.filters, registry, context.label,
-                             context)
-    decided = [{**c, "accepted": i not in verdicts.dropped,
-                "filtered_by": verdicts.dropped.get(i, (None, ""))[0],
-                "filter_reason": verdicts.dropped.get(i, (None, ""))[1] or None}
-               for i, c in enumerate(candidates)]
+    decided = apply_filters(candidates, view.self_instruct.filters, registry, context.label,
+                            context).mark(candidates)
     return [{**r, "id": f"si-{round_}-{step}-{n}"} for n, r in enumerate(decided + rejects)]
 
 
@@ -121,21 +119,15 @@ def _grow_shard(rank: int, world: int, view: Recipe, ctx: StageContext,
     with tqdm(total=cfg.num_instructions, initial=min(kept, cfg.num_instructions),
               desc=f"Growing instructions ({ctx.label})", unit="instr") as bar:
         while kept < cfg.num_instructions and step < cfg.max_steps:
-            generator = generator or build_generator(view, pm, registry, rank)
-            context.ask = ask_function(generator, params_of(view, None))
+            if generator is None:  # built only when a step is left to run
+                generator = build_generator(view, pm, registry, rank)
+                context.ask = ask_function(generator, params_of(view, None))
             records = _step(view, step, ctx.round, generator, tasks, context, registry)
             log.append(step, records)
             new = [r for r in records if r["accepted"]]
             context.history += new
             kept, step = kept + len(new), step + 1
             bar.update(min(len(new), max(0, cfg.num_instructions - bar.n)))
-
-
-def _summary(stage: str, ctx: StageContext, kept: list[dict[str, Any]],
-             rejects: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    return {"stage": stage, "round": ctx.round, "candidates": len(kept) + len(rejects),
-            "kept": len(kept), "rejected": len(rejects),
-            "rejected_by": count(rejects, "filtered_by"), **extra}
 
 
 def run_self_instruct(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> dict[str, Any]:
@@ -147,11 +139,11 @@ def run_self_instruct(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -
     run_shards(_grow_shard, view, 1, wants_own_process(view, registry, generator=True), ctx,
                tasks)
     records = gather(ctx.folder, len(done_chunks(ctx.folder)))
-    kept = [r for r in records if r["accepted"]]
-    rejects = [r for r in records if not r["accepted"]]
-    summary = _summary("self_instruct", ctx, kept, rejects, seeds=len(tasks),
-                       steps=len({r["step"] for r in records}),
-                       target=cfg.num_instructions, reached=len(kept) >= cfg.num_instructions)
+    kept, rejects = split_kept(records)
+    summary = growth_summary("self_instruct", ctx.round, kept, rejects, seeds=len(tasks),
+                             steps=len({r["step"] for r in records}),
+                             target=cfg.num_instructions,
+                             reached=len(kept) >= cfg.num_instructions)
     return finalise(ctx.folder, kept, summary, extra={"rejects.jsonl": rejects})
 
 
@@ -181,12 +173,11 @@ def _instance_examples(tasks: list[Task], k: int, label_first: bool) -> str:
     return "".join(out)
 
 
-def _classify(view: Recipe, tasks: list[dict[str, Any]], seeds: list[Task], ask: Any
+def _classify(view: Recipe, tasks: list[dict[str, Any]], examples: str, ask: Any
               ) -> list[str]:
     """Per task: ``known`` (its record says), ``yes``, ``no`` or ``unclear`` (taken as no)."""
     cfg = view.self_instruct
     todo = [i for i, t in enumerate(tasks) if t.get("is_classification") is None]
-    examples = _classify_examples(seeds, cfg.classify_examples)
     answers = ask([cfg.classify_prompt.format(examples=examples, instruction=tasks[i]["text"])
                    for i in todo], 4) if todo else []
     out = ["known"] * len(tasks)
@@ -197,8 +188,7 @@ def _classify(view: Recipe, tasks: list[dict[str, Any]], seeds: list[Task], ask:
     return out
 
 
-def _task_candidates(view: Recipe, task: dict[str, Any], label_first: bool, completion: Any,
-                     verdict: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _task_candidates(task: dict[str, Any], label_first: bool, completion: Any, verdict: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     parsed = parse_instances(completion.text, completion.finish_reason == "length", label_first)
     base = {"prompt_id": task["id"], "task_id": task["id"], "instruction": task["text"],
             "is_classification": label_first, "classification": verdict,
@@ -223,6 +213,9 @@ def _instances_shard(rank: int, world: int, view: Recipe, ctx: StageContext,
     pm = build_plugin_manager(view.plugins)
     registry = build_registry(pm)
     state: dict[str, Any] = {}
+    # The seed examples every prompt shows, the same for every chunk.
+    classify_examples = _classify_examples(seeds, cfg.classify_examples)
+    examples = {lf: _instance_examples(seeds, cfg.instance_examples, lf) for lf in (False, True)}
 
     def work(chunk: int, start: int, stop: int) -> list[dict[str, Any]]:
         generator = state.get("g") or state.setdefault("g", build_generator(view, pm, registry,
@@ -230,25 +223,21 @@ def _instances_shard(rank: int, world: int, view: Recipe, ctx: StageContext,
         params = params_of(view, chunk_seed(view, ctx.round, chunk), n=1)
         ask = ask_function(generator, params)
         batch = tasks[start:stop]
-        verdicts = _classify(view, batch, seeds, ask)
-        first = [t.get("is_classification") or v == "yes" for t, v in zip(batch, verdicts,
-                                                                          strict=True)]
+        verdicts = _classify(view, batch, classify_examples, ask)
+        first = [bool(t.get("is_classification")) or v == "yes"
+                 for t, v in zip(batch, verdicts, strict=True)]
         prompts = [(cfg.label_first_prompt if lf else cfg.instance_prompt).format(
-            examples=_instance_examples(seeds, cfg.instance_examples, lf),
-            instruction=t["text"], count=cfg.instances_per_task) for t, lf in zip(batch, first,
-                                                                                   strict=True)]
+            examples=examples[lf], instruction=t["text"], count=cfg.instances_per_task)
+            for t, lf in zip(batch, first, strict=True)]
         answers = generator.generate([user_turn(p) for p in prompts], params)
         candidates: list[dict[str, Any]] = []
         rejects: list[dict[str, Any]] = []
         for t, lf, v, a in zip(batch, first, verdicts, answers, strict=True):
-            c, r = _task_candidates(view, t, bool(lf), a[0], v)
+            c, r = _task_candidates(t, lf, a[0], v)
             candidates, rejects = candidates + c, rejects + r
         context = FilterContext(label=ctx.label, ask=ask)
-        kept = apply_filters(candidates, cfg.instance_filters, registry, ctx.label, context)
-        decided = [{**c, "accepted": i not in kept.dropped,
-                    "filtered_by": kept.dropped.get(i, (None, ""))[0],
-                    "filter_reason": kept.dropped.get(i, (None, ""))[1] or None}
-                   for i, c in enumerate(candidates)]
+        decided = apply_filters(candidates, cfg.instance_filters, registry, ctx.label,
+                                context).mark(candidates)
         return [{**r, "id": f"inst-{chunk}-{n}",
                  **({"messages": _conversation(r)} if r["accepted"] else {})}
                 for n, r in enumerate(decided + rejects)]
@@ -271,10 +260,9 @@ def run_instances(view: Recipe, ctx: StageContext, pm: Any, registry: Any) -> di
     run_shards(_instances_shard, view, 1, wants_own_process(view, registry, generator=True),
                ctx, tasks, seeds)
     records = gather(ctx.folder, -(-len(tasks) // view.self_instruct.chunk_size))
-    kept = [r for r in records if r["accepted"]]
-    rejects = [r for r in records if not r["accepted"]]
+    kept, rejects = split_kept(records)
     by_task: dict[str, str] = {r["task_id"]: r["classification"] for r in records}
-    summary = _summary("instances", ctx, kept, rejects, tasks=len(tasks),
-                       tasks_with_instances=len({r["task_id"] for r in kept}),
-                       classification=count([{"c": v} for v in by_task.values()], "c"))
+    summary = growth_summary("instances", ctx.round, kept, rejects, tasks=len(tasks),
+                             tasks_with_instances=len({r["task_id"] for r in kept}),
+                             classification=dict(Counter(by_task.values())))
     return finalise(ctx.folder, kept, summary, extra={"rejects.jsonl": rejects})

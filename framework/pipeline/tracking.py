@@ -31,16 +31,17 @@ def _row(record: dict[str, Any], columns: tuple[str, ...] = _COLUMNS) -> list[An
             json.dumps(values.get(c)) for c in columns]
 
 
-def _tables(folder: Path, stage: str) -> dict[str, Any]:
+def _tables(folder: Path, stage: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The samples table (and the rejects one, where the stage writes rejects)."""
     import wandb
 
     columns = _GROWN if stage in _GROWTH_STAGES else _COLUMNS
-    out = {}
-    for name, file in (("samples", "samples.jsonl"), ("rejects", "rejects.jsonl")):
-        if (folder / file).exists():
-            rows = read_samples(folder / file)[:TABLE_ROWS]
-            out[name] = wandb.Table(columns=list(columns), data=[_row(r, columns) for r in rows])
-    return out
+    tables = {"samples": samples}
+    if (folder / "rejects.jsonl").exists():
+        tables["rejects"] = read_samples(folder / "rejects.jsonl")
+    return {name: wandb.Table(columns=list(columns),
+                              data=[_row(r, columns) for r in rows[:TABLE_ROWS]])
+            for name, rows in tables.items()}
 
 
 def log_stage(view: Recipe, group: str, label: str, folder: Path,
@@ -56,7 +57,7 @@ def log_stage(view: Recipe, group: str, label: str, folder: Path,
                      job_type=str(summary.get("stage")), dir=str(folder), mode=w.mode,
                      tags=w.tags or None, config={"stage": label}, reinit="create_new")
     records = read_samples(folder / "samples.jsonl")
-    run.log(_tables(folder, str(summary.get("stage"))))
+    run.log(_tables(folder, str(summary.get("stage")), records))
     run.summary.update({k: v for k, v in summary.items()
                         if isinstance(v, (int, float, str)) or v is None})
     for key in ("rejected_by", "dropped_by", "filter_notes"):  # counts by filter, one each
