@@ -26,6 +26,8 @@ from tempering.components import (
     RecordFormat,
     SampleFilter,
     Scorer,
+    Task,
+    TaskFormatter,
 )
 from tempering.hookspecs import hookimpl, hookspec
 
@@ -96,6 +98,8 @@ __all__ = [
     "RecordFormat",
     "SampleFilter",
     "Scorer",
+    "Task",
+    "TaskFormatter",
     "hookimpl",
     "hookspec",
     *_LAZY,

@@ -152,6 +152,12 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     conversations = load_conversations(sources, pm.hook.format_example, registry,
                                        on_bad_record="skip",
                                        seed=recipe.train.seed, log=log)[: args.n]
+    if recipe.data.mixture.tasks and len(conversations) < args.n:  # then the mixture's
+        from tempering.data.mixture import build_mixture
+
+        mixture = build_mixture(recipe.data.mixture, registry, seed=recipe.train.seed,
+                                on_bad_record="skip", log=log)
+        conversations += mixture.train[: args.n - len(conversations)]
     color = sys.stdout.isatty()
     from tempering.data.tokenization import encode_rows
 

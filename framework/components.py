@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = ["ChatTemplate", "ComponentKind", "EvolutionOperator", "FilterContext",
            "GeneratorBackend", "KINDS", "MaskingStrategy", "Metric", "Objective", "OverflowPolicy",
-           "RecordFormat", "SampleFilter", "Scorer"]
+           "RecordFormat", "SampleFilter", "Scorer", "Task", "TaskFormatter"]
 
 
 @dataclass(frozen=True)
@@ -249,6 +249,53 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class TaskFormatter:
+    """Turns a record of a task dataset into an instruction and its answer, in one of several
+    phrasings (FLAN's templates), for instruction tuning over task mixtures
+    (``data.mixture.tasks[].formatter``).
+
+    Attributes:
+        name: the name recipes use (``formatter: classification``).
+        fields: the record fields every record needs; a record without one is refused (or
+            skipped and counted) naming the field.
+        phrasings: how many phrasings it has; a mixture trains on some of them and holds
+            others out for evaluation (``data.mixture.held_out_phrasings``).
+        format: ``format(record, phrasing, **options) -> (instruction, answer)`` for phrasing
+            index ``0 <= phrasing < phrasings``; it may raise :class:`tempering.BadRecordError`.
+            Few-shot forms are built by the framework from the same phrasing: each exemplar's
+            instruction and answer, then the instruction to answer.
+        description: one line for ``tempering plugins``.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    phrasings: int
+    format: Callable[..., tuple[str, str]]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task whose records are generated procedurally (``data.mixture.tasks[].task``), so a
+    mixture runs offline with no dataset to download.
+
+    Attributes:
+        name: the name recipes use (``task: parity``).
+        formatter: the registered :class:`TaskFormatter` its records are made for.
+        generate: ``generate(rng, **options) -> record``: one record (a dict with the
+            formatter's fields) drawn with ``rng`` (a seeded ``random.Random``).
+        family: what kind of task it is, for listings (defaults to the formatter's name).
+        description: one line for ``tempering plugins``.
+    """
+
+    name: str
+    formatter: str
+    generate: Callable[..., dict[str, Any]]
+    family: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class ComponentKind:
     """One kind of component. :data:`KINDS` is the one table that drives everything about a
     kind: its registration hook (generated in :mod:`tempering.hookspecs`), building the registry,
@@ -304,7 +351,8 @@ def names_a_template(value: str) -> bool:
 KINDS: tuple[ComponentKind, ...] = (
     ComponentKind("record_format", "register_record_formats", RecordFormat,
                   ("data.train[].format", "data.validation[].format",
-                   "generate.prompts[].format", "eval.prompts[].format"),
+                   "generate.prompts[].format", "eval.prompts[].format",
+                   "eval.conversations[].format"),
                   "how data records become conversations", lambda value: value != "auto",
                   options_of=lambda c: c.convert, positional=1),
     ComponentKind("chat_template", "register_chat_templates", ChatTemplate, ("chat_template",),
@@ -334,4 +382,12 @@ KINDS: tuple[ComponentKind, ...] = (
     ComponentKind("evolution_operator", "register_evolution_operators", EvolutionOperator,
                   ("evolve.operators[]",), "ways to evolve an instruction (Evol-Instruct)",
                   options_of=lambda c: c.prompt, positional=1),
+    ComponentKind("task_formatter", "register_task_formatters", TaskFormatter,
+                  ("data.mixture.tasks[].formatter", "data.mixture.held_out_tasks[].formatter"),
+                  "records of task datasets as instructions in several phrasings",
+                  lambda value: value != "", options_of=lambda c: c.format, positional=2),
+    ComponentKind("task", "register_tasks", Task,
+                  ("data.mixture.tasks[].task", "data.mixture.held_out_tasks[].task"),
+                  "procedurally generated task datasets (offline instruction tuning)",
+                  lambda value: value != "", options_of=lambda c: c.generate, positional=1),
 )

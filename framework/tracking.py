@@ -92,13 +92,56 @@ def log_run_end(logger: Any, recipe: Recipe, summary: dict[str, Any], final_dir:
         flat[f"skipped/{kind}"] = count
     for key, value in (summary.get("overflow") or {}).items():
         flat[f"overflow/{key}"] = value
+    for task, values in ((summary.get("mixture") or {}).get("tasks") or {}).items():
+        flat.update({f"mixture/{task}/{k}": v for k, v in values.items()})
+    for group, values in (summary.get("eval_by_task") or {}).items():
+        flat.update({f"task/{group}/{k}": v for k, v in values.items()})
+    for key in ("multi_turn", "multi_turn_before"):
+        flat.update(_turn_keys(summary.get(key), key))
     run.summary.update(flat)
+    _log_eval_tables(logger, summary)
     if recipe.wandb.log_model and final_dir is not None:
         import wandb
 
         artifact = wandb.Artifact(f"{recipe.name}-model", type="model")
         artifact.add_dir(str(final_dir))
         run.log_artifact(artifact)
+
+
+def _turn_keys(result: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
+    """``multi_turn/stop_rate``, ``multi_turn/turn_2/perplexity``, ... of an
+    ``eval.multi_turn`` result."""
+    if not result:
+        return {}
+    flat = {f"{prefix}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+    flat.update({f"{prefix}/role_confusion/{kind}": n
+                 for kind, n in result["role_confusion_kinds"].items()})
+    for turn, values in result["turns"].items():
+        flat.update({f"{prefix}/turn_{turn}/{k}": v for k, v in values.items()})
+    return flat
+
+
+def _log_eval_tables(logger: Any, summary: dict[str, Any]) -> None:
+    """Held-out answers (``eval/examples``), the turn-by-turn answers of ``eval.multi_turn``
+    (``eval/turn_generations``) and a mixture's scores per task (``eval/by_task``) as W&B
+    tables."""
+    examples = summary.get("eval_examples") or []
+    if examples:
+        logger.log_table(key="eval/examples", columns=["group", "prompt", "reference", "answer"],
+                         data=[[e.get("group", ""), e["prompt"], e["reference"], e["answer"]]
+                               for e in examples])
+    turns = (summary.get("multi_turn") or {}).get("examples") or []
+    if turns:
+        columns = ["conversation", "turn", "prompt", "reference", "answer", "raw",
+                   "finish_reason", "role_confusion"]
+        logger.log_table(key="eval/turn_generations", columns=columns,
+                         data=[[r[c] for c in columns] for r in turns])
+    by_task = summary.get("eval_by_task") or {}
+    metrics = sorted({k for v in by_task.values() for k in v if k != "n"})
+    if by_task:
+        rows = [[*group.split("/", 1), values.get("n"), *(values.get(m) for m in metrics)]
+                for group, values in sorted(by_task.items())]
+        logger.log_table(key="eval/by_task", columns=["split", "task", "n", *metrics], data=rows)
 
 
 def finish_tracking(logger: Any) -> dict[str, str]:

@@ -633,3 +633,66 @@ def test_register_evolution_operators():
                                              "seeds": [{"path": "x.jsonl"}],
                                              "operators": [{"name": "louder", "loud": 1}]}}]}),
                             registry)
+
+
+def test_register_task_formatters():
+    mod = _module("claim_formatter", """
+        from tempering import BadRecordError, TaskFormatter, hookimpl
+        def claim(record, phrasing, shout=False):
+            if not record.get("claim"):
+                raise BadRecordError("missing_field", "missing field 'claim'", "claim")
+            instruction = ("True or false? " + record["claim"], record["claim"] + "\\nTrue?")
+            return instruction[phrasing], record["verdict"].upper() if shout else record["verdict"]
+        @hookimpl
+        def register_task_formatters():
+            return [TaskFormatter("claim", ("claim", "verdict"), 2, claim, "true or false")]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+    formatter = registry.get("task_formatter", "claim")
+    record = {"claim": "ka is lo.", "verdict": "true"}
+    assert formatter.format(record, 1, shout=True) == ("ka is lo.\nTrue?", "TRUE")
+    assert formatter.phrasings == 2 and formatter.fields == ("claim", "verdict")
+    assert registry.providers["task_formatter"]["nli"] == "tempering.plugins.task_formatters"
+
+    # The recipe names the formatter with its options (data.mixture.tasks[].formatter).
+    from tempering.recipe import RecipeError, load_recipe, validate_components
+
+    def mixture(formatter):
+        return {"data": {"mixture": {"tasks": [{"task": "parity", "formatter": formatter}]}}}
+
+    validate_components(load_recipe(mixture({"name": "claim", "shout": True})), registry)
+    with pytest.raises(RecipeError, match=r"data\.mixture\.tasks\[0\]\.formatter\.shou: not an "
+                                          r"option of task_formatter 'claim'; did you mean "
+                                          r"'shout'\?"):
+        validate_components(load_recipe(mixture({"name": "claim", "shou": True})), registry)
+
+
+def test_register_tasks():
+    import random
+
+    mod = _module("countdown_task", """
+        from tempering import Task, hookimpl
+        def countdown(rng, top=9):
+            n = rng.randint(1, top)
+            return {"question": f"What comes before {n}?", "answer": str(n - 1)}
+        @hookimpl
+        def register_tasks():
+            return [Task("countdown", "qa", countdown, "qa", "the number before another")]
+    """)
+    registry = build_registry(build_plugin_manager([mod], entry_points=False))
+    task = registry.get("task", "countdown")
+    record = task.generate(random.Random(0), top=1)
+    assert record == {"question": "What comes before 1?", "answer": "0"}
+    assert registry.get("task_formatter", task.formatter).format(record, 2)[1] == "0"
+    assert registry.providers["task"]["parity"] == "tempering.plugins.tasks"
+
+    # The recipe names the task with its options (data.mixture.tasks[].task).
+    from tempering.recipe import RecipeError, load_recipe, validate_components
+
+    def mixture(task):
+        return {"data": {"mixture": {"tasks": [{"task": task, "formatter": "qa"}]}}}
+
+    validate_components(load_recipe(mixture({"name": "countdown", "top": 5})), registry)
+    with pytest.raises(RecipeError, match=r"data\.mixture\.tasks\[0\]\.task\.to: not an option "
+                                          r"of task 'countdown'; did you mean 'top'\?"):
+        validate_components(load_recipe(mixture({"name": "countdown", "to": 5})), registry)

@@ -201,6 +201,9 @@ class ConversationDataModule(pl.LightningDataModule):
             held = set(order[:cut])
             val = [c for i, c in enumerate(train) if i in held]
             train = [c for i, c in enumerate(train) if i not in held]
+        mixture = self._mixture()
+        if mixture is not None:
+            train, val = train + mixture.train, val + mixture.evals
         records = len(train) + self.bad_records.total  # read from the training sources
         if not train:
             raise self._no_data(records, 0)
@@ -231,8 +234,19 @@ class ConversationDataModule(pl.LightningDataModule):
                                    for i, n in stops.most_common()},
             "turns_without_end_of_turn": int(sum(self.train_data["unterminated"])),
             "template_split_markers": {m.marker: m.pieces for m in self.encoder.split_markers},
+            **({"mixture": mixture.report} if mixture is not None else {}),
         }
         self._prepared = True
+
+    def _mixture(self) -> Any:
+        """The ``data.mixture`` tasks' training and tagged held-out conversations, or None."""
+        from tempering.data.mixture import build_mixture
+
+        d = self.recipe.data
+        if not d.mixture.tasks:
+            return None
+        return build_mixture(d.mixture, self.registry, seed=self.recipe.train.seed,
+                             on_bad_record=d.on_bad_record, log=self.bad_records)
 
     def _overflow_counts(self) -> dict[str, Any]:
         """What ``data.overflow`` did to the training conversations over ``max_length``."""

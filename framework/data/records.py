@@ -19,7 +19,7 @@ class BadRecordError(ValueError):
 
     Attributes:
         kind: one of ``malformed_json``, ``bad_encoding``, ``missing_field``, ``unknown_role``,
-            ``empty_assistant``, ``no_assistant``, ``bad_type``, ``template_error``,
+            ``empty_assistant``, ``no_assistant``, ``no_messages``, ``bad_type``, ``template_error``,
             ``too_long``, ``no_supervised_tokens``, ``tool_calls_not_rendered``,
             ``reasoning_not_rendered``.
         field: the offending field (key path inside the record), if any.
@@ -57,13 +57,16 @@ def _field(where: Any, key: str) -> str:
 def validate(messages: list[dict[str, Any]], where: list[Any] | None = None) -> list[dict[str, Any]]:
     """Check roles and assistant content; returns ``messages`` or raises BadRecordError.
 
+    A conversation without an assistant message passes (a prompt to answer); reading training
+    data refuses it (:func:`tempering.data.sources.load_conversations`).
+
     Args:
         messages: the converted messages.
         where: per message, its path in the raw record (for the ``field`` of errors).
     """
     where = where or [f"messages[{i}]" for i in range(len(messages))]
-    if not any(m["role"] == "assistant" for m in messages):
-        raise BadRecordError("no_assistant", "the conversation has no assistant message")
+    if not messages:
+        raise BadRecordError("no_messages", "the conversation has no messages")
     for i, m in enumerate(messages):
         if m["role"] not in ROLES:
             raise BadRecordError("unknown_role", f"message {i} has role {m['role']!r}; known: "

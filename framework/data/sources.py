@@ -43,6 +43,7 @@ class BadRecordLog:
 class Conversation:
     messages: list[dict[str, Any]]
     origin: str  # "file:line" or "dataset[split]#index"
+    tags: dict[str, Any] = field(default_factory=dict)  # a mixture's task and split
 
 
 def _where(origin: str, exc: BadRecordError) -> str:
@@ -153,12 +154,14 @@ def _weighted(items: list[Conversation], weight: float, rng: random.Random) -> l
 
 def load_conversations(
     sources: list[DataSource], format_example: Any, registry: Any, *, on_bad_record: str,
-    seed: int, log: BadRecordLog,
+    seed: int, log: BadRecordLog, require_assistant: bool = True,
 ) -> list[Conversation]:
     """Read and format every source (the ``format_example`` hook, with the run's registry of
     record formats) into conversations.
 
     Bad records raise :class:`DataError` (``on_bad_record: error``) or are counted in ``log``.
+    With ``require_assistant`` (training data) a conversation without an assistant message is
+    a bad record (``no_assistant``); prompts to answer need none.
     """
     rng = random.Random(seed)
     out: list[Conversation] = []
@@ -174,6 +177,9 @@ def load_conversations(
                 if messages is None:
                     raise DataError(f"data source {source.path!r}: no format_example plugin "
                                     f"converted a record of format {source.format.name!r}")
+                if require_assistant and not any(m["role"] == "assistant" for m in messages):
+                    raise BadRecordError("no_assistant", "the conversation has no assistant "
+                                         "message to train")
             except BadRecordError as exc:
                 if on_bad_record == "error":
                     raise DataError(f"{_where(origin, exc)}: {exc} {SKIP_HINT}") from None

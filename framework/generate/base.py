@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["Completion", "GenerationContext", "GenerationParams", "Generator", "prompt_token_ids"]
@@ -53,12 +53,16 @@ class Completion:
         reasoning: the reasoning an endpoint returned apart from the answer
             (``reasoning_content``), None where it returned none (a local model's think block
             is part of ``text``).
+        raw_text: the answer decoded with special tokens kept, up to (not including) the token
+            or stop string that ended it; None where the backend has none. Not compared: it is
+            another view of ``text``.
     """
 
     text: str
     num_tokens: int
     finish_reason: str
     reasoning: str | None = None
+    raw_text: str | None = field(default=None, compare=False)
 
 
 @runtime_checkable

@@ -127,11 +127,14 @@ class HFGenerator:
         kept = tokens[:end] if end is not None else tokens
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
         cut = min((text.find(s) for s in params.stop if s in text), default=-1)
+        raw = self.tokenizer.decode(kept, skip_special_tokens=False)
+        raw_cut = min((raw.find(s) for s in params.stop if s in raw), default=-1)
+        raw = raw[:raw_cut] if raw_cut >= 0 else raw  # also drops padding after a stop string
         if end is not None:
-            return Completion(text[:cut] if cut >= 0 else text, end + 1, "stop")
+            return Completion(text[:cut] if cut >= 0 else text, end + 1, "stop", raw_text=raw)
         if cut >= 0:  # generation ended on a stop string; the rest of the row is padding
             pad = self._pad()
             while tokens and tokens[-1] == pad:
                 tokens = tokens[:-1]
-            return Completion(text[:cut], len(tokens), "stop")
-        return Completion(text, len(tokens), "length")
+            return Completion(text[:cut], len(tokens), "stop", raw_text=raw)
+        return Completion(text, len(tokens), "length", raw_text=raw)

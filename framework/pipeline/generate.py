@@ -70,7 +70,8 @@ def read_prompts(view: Recipe, sources: list[DataSource], limit: int | None,
     log = BadRecordLog()
     conversations = load_conversations(sources, pm.hook.format_example, registry,
                                        on_bad_record=view.data.on_bad_record,
-                                       seed=view.train.seed, log=log)
+                                       seed=view.train.seed, log=log,
+                                       require_assistant=False)
     if log.total:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(log.counts.items()))
         print(f"tempering: skipped {log.total} prompt records ({kinds})", file=sys.stderr)

@@ -272,7 +272,8 @@ def _prefixed_stages(recipe: Recipe) -> list[tuple[str, Any]]:
 
 def _check_stage_sections(stage: Stage, where: str) -> None:
     """The sections a stage's kind needs are there."""
-    needs = {"train": (stage.data.train, "data.train", "at least one training source"),
+    needs = {"train": (stage.data.train or stage.data.mixture.tasks, "data.train",
+                       "at least one training source (or data.mixture.tasks)"),
              "generate": (stage.generate.prompts, "generate.prompts", "at least one prompt source"),
              "score": (stage.score.scorers, "score.scorers", "at least one scorer"),
              "filter": (stage.filter.filters, "filter.filters", "at least one filter"),
@@ -400,10 +401,16 @@ def check_locations(recipe: Recipe) -> None:
                          ("data.validation", recipe.data.validation),
                          ("generate.prompts", recipe.generate.prompts),
                          ("eval.prompts", recipe.eval.prompts),
+                         ("eval.conversations", recipe.eval.conversations),
                          ("self_instruct.seeds", recipe.self_instruct.seeds),
                          ("evolve.seeds", recipe.evolve.seeds)):
         for i, source in enumerate(sources):
             _check_location(f"{key}[{i}].path", source.path)
+    for key, tasks in (("data.mixture.tasks", recipe.data.mixture.tasks),
+                       ("data.mixture.held_out_tasks", recipe.data.mixture.held_out_tasks)):
+        for i, task in enumerate(tasks):
+            if task.path:
+                _check_location(f"{key}[{i}].path", task.path)
     for key, cfg in (("model", recipe.model), ("teacher", recipe.teacher)):
         if cfg is not None:
             _check_location(f"{key}.name_or_path", cfg.name_or_path)

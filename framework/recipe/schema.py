@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tempering.recipe.growth import EvolveConfig, SelfInstructConfig
+from tempering.recipe.mixture import MixtureConfig, MixtureTask
 from tempering.recipe.schema_base import (
     ComponentConfig,
     DataSource,
@@ -17,7 +18,7 @@ from tempering.recipe.schema_base import (
 __all__ = [
     "ModelConfig", "DataSource", "DataConfig", "ComponentConfig", "OptimConfig", "TrainConfig",
     "EvalConfig", "WandbConfig", "SamplingConfig", "GenerateConfig", "ScoreConfig", "FilterConfig",
-    "SelfInstructConfig", "EvolveConfig", "STAGE_KINDS", "Stage", "Recipe",
+    "SelfInstructConfig", "EvolveConfig", "MixtureConfig", "MixtureTask", "STAGE_KINDS", "Stage", "Recipe",
 ]
 
 
@@ -58,6 +59,11 @@ class DataConfig(_NamesComponents):
                              "error", choices=("error", "skip"))
     num_proc: int = doc("Processes for tokenization (datasets.map).", 1, minimum=1)
     cache_dir: str | None = doc("Where tokenized data is cached (default: datasets' cache).")
+    mixture: MixtureConfig = doc(
+        "Instruction tuning over a mixture of tasks (FLAN-style): their records become "
+        "instructions in several phrasings, drawn by the mixing rates, besides `train`; their "
+        "held-out records, phrasings and tasks are the validation data, scored per task.",
+        factory=MixtureConfig)
 
 
 @dataclass
@@ -127,6 +133,18 @@ class EvalConfig(_NamesComponents):
         "to its `build`: `batch_size` for transformers; `model`, `base_url`, `api_key_env`, ... "
         "for openai).")
     before_training: bool = doc("Also measure before training, for comparison.", True)
+    multi_turn: int = doc(
+        "Held-out conversations evaluated turn by turn after training (and before): the loss "
+        "and perplexity of every assistant turn by its index (teacher-forced), and every user "
+        "turn answered greedily given the conversation so far (its reference answers, or the "
+        "model's own where it has none), checked for stopping at the end-of-turn and for role "
+        "confusion (writing another role's header, or speaking as the user).", 0, minimum=0)
+    conversations: list[DataSource] = doc(
+        "The conversations of `multi_turn`, read like data sources; conversations without "
+        "answers (MT-Bench's questions) are answered turn by turn (empty: the validation "
+        "conversations).", factory=list)
+    max_turns: int = doc("`multi_turn` reports turns 1 to this; later ones count in the last.",
+                         8, minimum=1)
     prompts: list[DataSource] = doc(
         "An `eval` stage's held-out prompts, read like `generate.prompts` (empty: "
         "`data.validation`).", factory=list)

@@ -113,29 +113,14 @@ def _resume_path(recipe: Recipe, output_dir: Path) -> str | None:
 
 
 def _evaluate(module: CausalLMModule, dm: ConversationDataModule, recipe: Recipe, tokenizer: Any,
-              registry: Any) -> Any:
-    """Held-out answers from the model as it is now, scored by the recipe's metrics."""
-    from tempering.generate import GenerationContext, GenerationParams, HFGenerator
-    from tempering.generate.hf import stop_token_ids
-    from tempering.train.evaluation import evaluate_answers
+              registry: Any) -> dict[str, Any]:
+    """Held-out answers scored by the metrics, and the turn-by-turn evaluation, of the model
+    as it is now (empty where the recipe asks for neither)."""
+    from tempering.train.evaluation import evaluate_generation, evaluate_turns
 
-    if recipe.eval.generate_samples <= 0 or not dm.val_conversations:
-        return None
     _set_stop_tokens(module.model, tokenizer, dm)
-    sample = next((c.messages for c in dm.val_conversations
-                   if c.messages[-1]["role"] == "assistant"), None)
-    if sample is None:
-        return None
-    stops = stop_token_ids(tokenizer, module.model, dm.encoder, sample)
-    backend = registry.get("generator", recipe.eval.generator.name)
-    generator = backend.build(GenerationContext(module.model, tokenizer, dm.encoder, tuple(stops)),
-                              **recipe.eval.generator.options)
-    if isinstance(generator, HFGenerator):
-        generator.progress = "Generating held-out answers"
-    metrics = [(registry.get("metric", m.name), m.options) for m in recipe.eval.metrics]
-    return evaluate_answers(generator, dm.val_conversations, metrics,
-                            params=GenerationParams(max_new_tokens=recipe.eval.max_new_tokens),
-                            limit=recipe.eval.generate_samples)
+    return {"answers": evaluate_generation(module.model, dm, recipe, tokenizer, registry),
+            "turns": evaluate_turns(module.model, dm, recipe, tokenizer, registry)}
 
 
 def _gathered_state_dict(trainer: pl.Trainer) -> dict[str, Any] | None:
@@ -181,6 +166,19 @@ def _set_stop_tokens(model: Any, tokenizer: Any, dm: ConversationDataModule) -> 
     model.generation_config.eos_token_id = [int(i) for i in ids]
 
 
+def _add_groups(summary: dict[str, Any], result: dict[str, Any], suffix: str) -> None:
+    """A mixture's scores per split (``held_out_tasks/exact_match``, the mean over its tasks)
+    and per task (``eval_by_task``: ``{"split/task": {metric, metric_before, n}}``)."""
+    for split, values in result["by_split"].items():
+        summary.update({f"{split}/{name}{suffix}": v for name, v in values.items()
+                        if name != "tasks"})
+    by_task = summary.setdefault("eval_by_task", {}) if result["by_task"] else {}
+    for group, values in result["by_task"].items():
+        entry = by_task.setdefault(group, {})
+        entry.update({f"{name}{suffix}": v for name, v in values.items() if name != "n"},
+                     n=values["n"])
+
+
 def _measure_before(trainer: pl.Trainer, module: CausalLMModule, dm: ConversationDataModule,
                     recipe: Recipe, tokenizer: Any, registry: Any, summary: dict[str, Any]) -> None:
     """Validation loss and exact match of the untrained model, for comparison."""
@@ -189,9 +187,13 @@ def _measure_before(trainer: pl.Trainer, module: CausalLMModule, dm: Conversatio
         if results and "val/loss" in results[0]:
             summary["val_loss_before"] = results[0]["val/loss"]
             summary["val_perplexity_before"] = results[0]["val/perplexity"]
-    before = _evaluate(module, dm, recipe, tokenizer, registry)
+    measured = _evaluate(module, dm, recipe, tokenizer, registry)
+    before = measured["answers"]
     if before:
         summary.update({f"{name}_before": v for name, v in before["scores"].items()})
+        _add_groups(summary, before, "_before")
+    if measured["turns"]:
+        summary["multi_turn_before"] = measured["turns"]
 
 
 def _finish(trainer: pl.Trainer, module: CausalLMModule, dm: ConversationDataModule, recipe: Recipe,
@@ -200,11 +202,15 @@ def _finish(trainer: pl.Trainer, module: CausalLMModule, dm: ConversationDataMod
     """Rank 0 after training: held-out generation, final model, summary file and W&B."""
     _set_stop_tokens(module.model, tokenizer, dm)
     if trainer.world_size == 1:  # generation needs the whole model on one process
-        after = _evaluate(module, dm, recipe, tokenizer, registry)
+        results = _evaluate(module, dm, recipe, tokenizer, registry)
+        after = results["answers"]
+        if results["turns"]:
+            summary["multi_turn"] = results["turns"]
         if after:
             summary.update(after["scores"], eval_metrics=list(after["scores"]),
                            eval_samples=after["samples"], eval_examples=after["examples"])
-    elif recipe.eval.generate_samples > 0:
+            _add_groups(summary, after, "")
+    elif recipe.eval.generate_samples > 0 or recipe.eval.multi_turn > 0:
         summary["eval_skipped"] = "generation eval runs in single-process runs only"
     final = (_save_final(module, tokenizer, dm, output_dir, gathered)
              if recipe.train.save_final else None)
@@ -287,7 +293,9 @@ def _refuse_unsupported_early(pm: Any, recipe: Recipe) -> None:
 
 
 def _has_validation(recipe: Recipe) -> bool:
-    return bool(recipe.data.validation) or recipe.data.val_fraction > 0
+    mixture = recipe.data.mixture
+    return (bool(recipe.data.validation) or recipe.data.val_fraction > 0
+            or bool(mixture.tasks and mixture.eval_examples))
 
 
 def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, Any]:
@@ -305,6 +313,10 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     registry = build_registry(pm)
     validate_components(recipe, registry)
     check_locations(recipe)
+    if recipe.data.mixture.tasks:
+        from tempering.data.mixture import check_mixture
+
+        check_mixture(recipe.data.mixture, registry)
     pl.seed_everything(recipe.train.seed, workers=True, verbose=False)
     output_dir = Path(recipe.train.output_dir.format(name=recipe.name))
     prepare_run_dir(recipe, output_dir)  # never mix this run with an earlier one

@@ -280,15 +280,7 @@ BAD_RECORDS = [
         "output",
         id="alpaca-empty-output",
     ),
-    # no assistant message
-    ("messages", {"messages": [_U]}, "no_assistant", None),
-    ("messages", {"messages": []}, "no_assistant", None),
-    (
-        "sharegpt",
-        {"conversations": [_HUMAN, {"from": "system", "value": "S"}]},
-        "no_assistant",
-        None,
-    ),
+    ("messages", {"messages": []}, "no_messages", None),
 ]
 
 
@@ -397,5 +389,7 @@ def test_mt_bench_records_become_conversations_with_their_answers():
     with pytest.raises(BadRecordError, match="one answer per turn") as err:
         to_messages({**record, "reference": ["A1."]}, "mt_bench", registry=REGISTRY)
     assert err.value.field == "reference"
-    with pytest.raises(BadRecordError, match="no assistant message"):
-        to_messages({"question_id": 2, "turns": ["Q?"]}, "mt_bench", registry=REGISTRY)
+    # without answers, the questions alone: a prompt for multi-turn generation
+    assert to_messages({"question_id": 2, "turns": ["Q?", "Q2?"]}, "mt_bench",
+                       registry=REGISTRY) == [{"role": "user", "content": "Q?"},
+                                              {"role": "user", "content": "Q2?"}]

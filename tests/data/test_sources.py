@@ -242,3 +242,26 @@ def test_a_reused_run_directory_is_refused_started_over_or_resumed(tiny_recipe, 
     assert summary["global_step"] == 4
     assert (run / "wandb_run_id").read_text().strip() != run_id
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # the old run is gone
+
+
+def test_conversations_without_an_answer_are_prompts_not_training_data(tmp_path) -> None:
+    """A conversation with no assistant message is a bad record of training data
+    (``no_assistant``, named), and a prompt when prompts are read (MT-Bench's questions)."""
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (
+        {"messages": [{"role": "user", "content": "Q1"}]},
+        {"conversations": [{"from": "human", "value": "Q"}, {"from": "system", "value": "S"}]},
+        {"messages": [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A"}]},
+    )) + "\n")
+    source = DataSource(path=str(path))
+    with pytest.raises(DataError, match=r"prompts\.jsonl:1: the conversation has no assistant"):
+        load_conversations([source], format_example, REGISTRY, on_bad_record="error", seed=0,
+                           log=BadRecordLog())
+    log = BadRecordLog()
+    train = load_conversations([source], format_example, REGISTRY, on_bad_record="skip", seed=0,
+                               log=log)
+    assert [c.origin for c in train] == [f"{path}:3"] and log.counts == {"no_assistant": 2}
+    prompts = load_conversations([source], format_example, REGISTRY, on_bad_record="error",
+                                 seed=0, log=BadRecordLog(), require_assistant=False)
+    assert [[m["role"] for m in c.messages] for c in prompts] == [
+        ["user"], ["user", "system"], ["user", "assistant"]]
