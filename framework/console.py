@@ -134,6 +134,36 @@ def _held_out_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
         if name in s or f"{name}_before" in s:
             rows.append((f"{name.replace('_', ' ')} ({s.get('eval_samples', '?')} answers)",
                          _number(s.get(f"{name}_before"), 2), _number(s.get(name), 2)))
+        rows += _split_rows(s, name, 2)
+    if s.get("eval_by_task"):
+        rows += [("answer loss (teacher-forced)", "", "")] + _split_rows(s, "answer_loss", 3)
+    return rows + _turn_rows(s.get("multi_turn_before") or {}, s.get("multi_turn") or {})
+
+
+def _split_rows(s: dict[str, Any], name: str, digits: int) -> list[tuple[str, str, str]]:
+    """A task mixture's ``name`` per split (the mean over its tasks)."""
+    splits = sorted({k.split("/")[0] for k in s.get("eval_by_task") or {}})
+    return [(f"  {split.replace('_', ' ')}", _number(s.get(f"{split}/{name}_before"), digits),
+             _number(s.get(f"{split}/{name}"), digits)) for split in splits
+            if f"{split}/{name}" in s]
+
+
+def _turn_rows(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``eval.multi_turn``: loss per assistant turn, stop and role-confusion rates."""
+    if not after and not before:
+        return []
+    turns = sorted({*(before.get("turns") or {}), *(after.get("turns") or {})}, key=int)
+
+    def at(result: dict[str, Any], turn: Any, key: str) -> Any:
+        return ((result.get("turns") or {}).get(turn) or {}).get(key)
+
+    rows = [(f"turn {t} loss", _number(at(before, t, "loss")), _number(at(after, t, "loss")))
+            for t in turns if at(before, t, "loss") is not None or at(after, t, "loss")]
+    answers = after.get("answers", before.get("answers", "?"))
+    rows.append((f"stopped at end-of-turn ({answers} turns)",
+                 _number(before.get("stop_rate"), 2), _number(after.get("stop_rate"), 2)))
+    rows.append(("role confusion", _number(before.get("role_confusion_rate"), 2),
+                 _number(after.get("role_confusion_rate"), 2)))
     return rows
 
 

@@ -111,3 +111,29 @@ def test_the_table_says_what_was_not_measured_and_where_things_are():
     offline = run_table({**summary, "wandb_url": None, "final_model": None})
     assert "wandb sync /runs/r/wandb/x" in offline and "not saved" in offline
     assert "held-out" not in run_table({**summary, "val_conversations": 0})
+
+
+def test_the_table_shows_mixture_splits_and_turns_before_and_after():
+    summary = {"recipe": "r", "global_step": 5, "train_seconds": 3, "val_conversations": 8,
+               "val_loss": 1.0, "val_loss_before": 6.0, "exact_match": 0.5,
+               "exact_match_before": 0.0, "eval_samples": 8,
+               "eval_by_task": {"held_out_tasks/a": {}, "seen_phrasings/b": {}},
+               "held_out_tasks/exact_match": 0.25, "held_out_tasks/exact_match_before": 0.0,
+               "held_out_tasks/answer_loss": 2.5, "seen_phrasings/exact_match": 0.75,
+               "multi_turn": {"answers": 12, "stop_rate": 0.9, "role_confusion_rate": 0.1,
+                              "turns": {1: {"loss": 0.5}, 2: {"loss": 0.75}}},
+               "multi_turn_before": {"answers": 12, "stop_rate": 0.0,
+                                     "role_confusion_rate": 0.0, "turns": {1: {"loss": 6.0}}}}
+    import re
+
+    cells = [re.split(r"\s{2,}", line.strip()) for line in run_table(summary).splitlines()[2:]]
+    rows: dict = {}
+    for c in cells:  # a split's exact match row comes before its answer-loss row
+        rows.setdefault(c[0], c[1:])
+    assert rows["held out tasks"][-2:] == ["0.00", "0.25"]
+    assert rows["seen phrasings"][-2:] == ["-", "0.75"]
+    assert rows["turn 1 loss"] == ["6.000", "0.500"] and rows["turn 2 loss"] == ["-", "0.750"]
+    assert rows["stopped at end-of-turn (12 turns)"] == ["0.00", "0.90"]
+    assert rows["role confusion"] == ["0.00", "0.10"]
+    loss = cells.index(["answer loss (teacher-forced)"])
+    assert cells[loss + 1] == ["held out tasks", "-", "2.500"]

@@ -41,11 +41,29 @@ def records(path: Path) -> list[Any]:
     return out
 
 
+def _finished(log: Path, wait_s: float = 20.0) -> list[Any]:
+    """The log's records once W&B's service has written its last one (``exit``): the run's
+    ``finish()`` can return before the service process is done writing the file."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            found = records(log)
+        except Exception:  # a record the service is still writing
+            if time.monotonic() > deadline:
+                raise
+            found = []
+        if (found and found[-1].WhichOneof("record_type") == "exit") or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 def read_run(run_dir: Path) -> dict[str, Any]:
     """``{"history": [{key: value}], "config": {key: value}, "summary": {key: value}}``."""
     log = next(run_dir.glob("run-*.wandb"))
     history, config, summary = [], {}, {}
-    for record in records(log):
+    for record in _finished(log):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)

@@ -135,9 +135,46 @@ def evaluate_generation(model: Any, dm: Any, recipe: Any, tokenizer: Any,
     generator = eval_generator(model, dm, recipe, tokenizer, registry,
                                "Generating held-out answers")
     metrics = [(registry.get("metric", m.name), m.options) for m in recipe.eval.metrics]
-    return evaluate_answers(generator, dm.val_conversations, metrics,
-                            params=GenerationParams(max_new_tokens=recipe.eval.max_new_tokens),
-                            limit=recipe.eval.generate_samples)
+    result = evaluate_answers(generator, dm.val_conversations, metrics,
+                              params=GenerationParams(max_new_tokens=recipe.eval.max_new_tokens),
+                              limit=recipe.eval.generate_samples)
+    if result["by_task"]:
+        _add_answer_losses(result, model, dm.val_conversations, recipe, tokenizer, registry)
+    return result
+
+
+def _every_turn_encoder(recipe: Any, tokenizer: Any, registry: Any) -> Any:
+    """The run's encoder with every assistant turn trained (for losses by turn)."""
+    import dataclasses
+
+    from tempering.data.datamodule import recipe_encoder
+    from tempering.recipe import ComponentConfig
+
+    return recipe_encoder(dataclasses.replace(recipe, masking=ComponentConfig("all_assistant")),
+                          tokenizer, registry)
+
+
+def _add_answer_losses(result: dict[str, Any], model: Any, conversations: list[Conversation],
+                       recipe: Any, tokenizer: Any, registry: Any) -> None:
+    """The teacher-forced loss of the reference answers of every held-out conversation of
+    each group (``answer_loss``, also averaged per split): it shows what a model learnt of a
+    held-out task long before it answers one exactly."""
+    from tempering.train.turn_eval import turn_losses
+
+    encoder = _every_turn_encoder(recipe, tokenizer, registry)
+    groups: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
+    for c in conversations:
+        if (g := group_of(c)) is not None:
+            groups[f"{g[0]}/{g[1]}"].append(c.messages)
+    for key, messages in groups.items():
+        turns = turn_losses(model, encoder, messages, batch_size=recipe.data.batch_size)["turns"]
+        if key in result["by_task"] and turns:
+            result["by_task"][key]["answer_loss"] = turns[min(turns)]["loss"]
+    for split, entry in result["by_split"].items():
+        losses = [v["answer_loss"] for k, v in result["by_task"].items()
+                  if split_of(k) == split and "answer_loss" in v]
+        if losses:
+            entry["answer_loss"] = sum(losses) / len(losses)
 
 
 def _turn_conversations(dm: Any, recipe: Any) -> list[list[dict[str, Any]]]:
@@ -163,21 +200,17 @@ def evaluate_turns(model: Any, dm: Any, recipe: Any, tokenizer: Any,
         "role_confusion_rate", "role_confusion_kinds", "turns": {k: {loss, perplexity,
         tokens, stop_rate, role_confusion_rate, answers}}, "examples": [...]}``.
     """
-    import dataclasses
-
-    from tempering.data.datamodule import recipe_encoder
-    from tempering.recipe import ComponentConfig
     from tempering.train.turn_eval import role_headers, rollout, rollout_summary, turn_losses
 
     e = recipe.eval
     conversations = _turn_conversations(dm, recipe) if e.multi_turn > 0 else []
     if not conversations:
         return None
-    every_turn = recipe_encoder(dataclasses.replace(recipe, masking=ComponentConfig(
-        "all_assistant")), tokenizer, registry)
+    every_turn = _every_turn_encoder(recipe, tokenizer, registry)
     answered = [m for m in conversations if any(x["role"] == "assistant" for x in m)]
     losses = turn_losses(model, every_turn, answered, max_turns=e.max_turns,
-                         batch_size=recipe.data.batch_size, max_length=recipe.data.max_length)
+                         batch_size=recipe.data.batch_size,
+                         max_length=getattr(model.config, "max_position_embeddings", None))
     generator = eval_generator(model, dm, recipe, tokenizer, registry, "Answering turn by turn")
     records = rollout(generator, conversations,
                       GenerationParams(max_new_tokens=e.max_new_tokens),

@@ -22,7 +22,13 @@ def test_every_bundled_recipe_validates(name, tmp_path):
     text = path.read_text()
     assert text.startswith("# "), "a recipe opens with a comment header"
     assert f"tempering run {name}" in text, "the header gives the command that runs it"
-    validate_components(recipe, build_registry(build_plugin_manager(recipe.plugins)))
+    registry = build_registry(build_plugin_manager(recipe.plugins))
+    validate_components(recipe, registry)
+    from tempering.data.mixture import check_mixture
+
+    for stage in recipe.stages or [recipe]:
+        if stage.data.mixture.tasks:
+            check_mixture(stage.data.mixture, registry)
     args = trainer_arguments(recipe, tmp_path)
     if isinstance(recipe.trainer.get("strategy"), dict):
         assert type(args["strategy"]).__name__.endswith("Strategy")
@@ -123,3 +129,19 @@ def test_real_model_recipes_run_on_cpu_with_the_tiny_model_swapped_in(name, extr
     summary = run_recipe(load_recipe(name, overrides))
     assert summary["global_step"] == 2 and summary["val_loss"] > 0
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(("name", "rows"), [
+    ("multiturn-quickstart", ["turn 1 loss", "stopped at end-of-turn", "role confusion"]),
+    ("flan-mixture-quickstart", ["held out tasks", "held out phrasings", "answer loss"]),
+])
+def test_the_new_quickstarts_run_shortened(name, rows, tmp_path, capsys):
+    from tempering.cli import main
+
+    small = {"multiturn-quickstart": ["eval.multi_turn=6", "eval.generate_samples=4"],
+             "flan-mixture-quickstart": ["eval.generate_samples=1", "data.mixture.examples=300",
+                                         "data.mixture.eval_examples=2"]}[name]
+    assert main(["run", name, "trainer.max_steps=3", "wandb.mode=disabled",
+                 "eval.max_new_tokens=4", f"train.output_dir={tmp_path}", *small]) == 0
+    table = capsys.readouterr().out
+    assert all(row in table for row in rows), table

@@ -40,7 +40,7 @@ def test_a_mixture_run_reports_each_task_and_split(tiny_recipe, tmp_path) -> Non
                            for t in ("parity", "addition", "quoted_word")} | {
         "held_out_tasks/subtraction"}
     assert all(g["n"] == 2 and 0 <= g["exact_match"] <= 1 and "exact_match_before" in g
-               for g in groups.values())
+               and g["answer_loss"] > 0 and g["answer_loss_before"] > 0 for g in groups.values())
     for split in ("seen_phrasings", "held_out_phrasings", "held_out_tasks"):
         tasks = [g["exact_match"] for k, g in groups.items() if k.startswith(split + "/")]
         assert summary[f"{split}/exact_match"] == sum(tasks) / len(tasks)
@@ -53,7 +53,8 @@ def test_a_mixture_run_reports_each_task_and_split(tiny_recipe, tmp_path) -> Non
         "held_out_tasks/subtraction"]["exact_match"]
     assert logged["held_out_phrasings/exact_match"] == summary["held_out_phrasings/exact_match"]
     table = _table(run_dir, "eval/by_task")
-    assert table["columns"] == ["split", "task", "n", "exact_match", "exact_match_before"]
+    assert table["columns"] == ["split", "task", "n", "answer_loss", "answer_loss_before",
+                                "exact_match", "exact_match_before"]
     assert len(table["data"]) == 7
     assert {row[0] for row in _table(run_dir, "eval/examples")["data"]} == set(groups)
 
