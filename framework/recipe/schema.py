@@ -122,7 +122,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig(_NamesComponents):
     generate_samples: int = doc("Held-out conversations answered greedily after training and "
-                                "scored with `metrics` against the reference.", 0, minimum=0)
+                                "scored with `metrics` against the reference (with "
+                                "`data.mixture`: this many per task and split).", 0, minimum=0)
     metrics: list[ComponentConfig] = doc(
         "Registered metrics of the generated answers (each a name or {name, options}); the "
         "summary reports each as `<name>` and `<name>_before`.",
