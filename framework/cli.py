@@ -231,7 +231,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         quiet_libraries()
     recipe = load_recipe(args.recipe, args.overrides)
     summary = run_pipeline(recipe)
-    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+    if all(os.environ.get(k, "0") in ("0", "") for k in ("RANK", "LOCAL_RANK", "NODE_RANK")):
         print("\n" + run_table(summary))
     return 0
 

@@ -63,3 +63,50 @@ def test_a_teacher_under_ddp_online_or_cached_matches_one_process(tiny_recipe, t
     for key in ("train_loss", "val_loss"):
         assert abs(runs["cached"][key] - runs["online"][key]) <= 1e-3 * runs["online"][key]
     assert runs["cached"]["teacher_cache"]["train"]["top_k"] == vocab
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_nodes_on_localhost_match_one_process_with_the_same_global_batch(tiny_recipe,
+                                                                            tmp_path):
+    """Two node ranks of one process each, launched by torchrun as on two machines (the
+    README's multi-node command, with 127.0.0.1 as the master), gloo on CPU."""
+    import os
+    import subprocess
+    import sys
+
+    tiny_recipe["data"].update(packing=False, group_by_length=False)
+    tiny_recipe["trainer"].update(max_steps=3)
+    out = tmp_path / "nodes"
+    path = tmp_path / "nodes.yaml"
+    path.write_text(json.dumps({**tiny_recipe, "train": {**tiny_recipe["train"],
+                                                         "output_dir": str(out)}}))
+    port = _free_port()
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+         "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+         "-m", "tempering.cli", "run", str(path), "trainer.num_nodes=2", "trainer.devices=1",
+         "trainer.strategy=ddp", "data.batch_size=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for rank in (0, 1)]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    # one run table, from global rank 0; node 1 trains and prints nothing of its own
+    assert "=== tiny: 3 steps" in logs[0] and "=== tiny" not in logs[1]
+    single = _run(tiny_recipe, tmp_path, "single", "data.batch_size=2")
+
+    from safetensors.torch import load_file
+
+    a = load_file(out / "final" / "model.safetensors")
+    b = load_file(single / "final" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+    two, one = (json.loads((p / "summary.json").read_text()) for p in (out, single))
+    assert two["global_step"] == 3 and abs(two["train_loss"] - one["train_loss"]) < 1e-4
