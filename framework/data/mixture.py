@@ -154,6 +154,8 @@ def _checked(data: TaskData, records: list[tuple[str, Any]], on_bad_record: str,
     good = []
     for origin, record in records:
         try:
+            if isinstance(record, BadRecordError):  # a line that is not JSON or not UTF-8
+                raise record
             if not isinstance(record, dict):
                 raise BadRecordError("bad_type", f"a record must be an object, got "
                                      f"{type(record).__name__}")
@@ -170,6 +172,13 @@ def _checked(data: TaskData, records: list[tuple[str, Any]], on_bad_record: str,
     return good
 
 
+def _unseen(records: list[tuple[str, Any]],
+            train: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``records`` without those equal to a training record."""
+    known = {json.dumps(r, sort_keys=True) for _, r in train}
+    return [(o, r) for o, r in records if json.dumps(r, sort_keys=True) not in known]
+
+
 def _load_task(key: str, task: MixtureTask, mixture: MixtureConfig, registry: Any, *,
                seed: int, held_out: bool, on_bad_record: str, log: BadRecordLog) -> TaskData:
     formatter, options = _formatter_of(task, key, registry)
@@ -178,13 +187,12 @@ def _load_task(key: str, task: MixtureTask, mixture: MixtureConfig, registry: An
     if task.task.name:
         base = f"{seed}:{data.name}"
         count = 0 if held_out else task.records or DEFAULT_TASK_RECORDS
-        train = _checked(data, _generated(task, registry, f"{base}:train", count), on_bad_record, log)
+        train = _checked(data, _generated(task, registry, f"{base}:train", count),
+                         on_bad_record, log)
         # Held-out records come from their own stream; any that equals a trained record is
         # dropped (a small input space repeats), so evaluation never sees a trained record.
-        known = {json.dumps(r, sort_keys=True) for _, r in train}
         fresh = _generated(task, registry, f"{base}:eval", held_count * 20, "eval-")
-        held = [(o, r) for o, r in fresh if json.dumps(r, sort_keys=True) not in known]
-        data.held = _checked(data, held[:held_count], on_bad_record, log)
+        data.held = _checked(data, _unseen(fresh, train)[:held_count], on_bad_record, log)
         data.train, data.size = train, len(train)
     else:
         source = DataSource(path=task.path, split=task.split, subset=task.subset,
@@ -192,7 +200,8 @@ def _load_task(key: str, task: MixtureTask, mixture: MixtureConfig, registry: An
         records = _checked(data, list(read_source(source)), on_bad_record, log)
         random.Random(f"{seed}:{data.name}:order").shuffle(records)
         cut = len(records) if held_out else min(held_count, max(0, len(records) - 1))
-        data.held, data.train = records[:cut][:held_count], records[cut:]
+        data.train = records[cut:]
+        data.held = _unseen(records[:cut], data.train)[:held_count]  # a dataset may repeat
         data.size = len(data.train)
     if not held_out and not data.train:
         raise DataError(f"{key}: no usable record to train on")

@@ -131,7 +131,8 @@ def test_the_draw_is_seeded_and_origins_name_the_record() -> None:
 def test_a_dataset_is_a_task_with_mapped_fields_and_named_bad_records(tmp_path) -> None:
     path = tmp_path / "sst.jsonl"
     rows = [{"sentence": str(i), "label": i % 2} for i in range(30)] + [{"label": 1}]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n"
+                    + json.dumps(rows[0]) + "\n")  # a malformed line; a repeated record
     entry = {"path": str(path), "formatter": {"name": "echo", "upper": True},
              "fields": {"x": "sentence"}}
     mixture = _mixture(examples=100, eval_examples=5, tasks=[entry])
@@ -140,11 +141,13 @@ def test_a_dataset_is_a_task_with_mapped_fields_and_named_bad_records(tmp_path) 
         _build(mixture)
     log = BadRecordLog()
     data = _build(mixture, "skip", log)
-    assert log.counts == {"missing_field": 1}
-    assert data.report["tasks"]["sst"] == {"rate": 1.0, "examples": 100, "records": 25,
-                                           "epochs": 4.0, "held_out": 5}
-    held = {c.messages[-1]["content"] for c in data.evals}
-    assert len(held) == 5 and not held & {c.messages[-1]["content"] for c in data.train}
+    assert log.counts == {"missing_field": 1, "malformed_json": 1}
+    report = data.report["tasks"]["sst"]
+    assert report["records"] == 26 and report["examples"] == 100
+    held = [c.messages[-1]["content"] for c in data.evals]
+    # the repeated record is never both trained and held out
+    assert 4 <= len(held) == report["held_out"] <= 5
+    assert not set(held) & {c.messages[-1]["content"] for c in data.train}
 
 
 @pytest.mark.parametrize(("mixture", "message"), [
