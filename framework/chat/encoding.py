@@ -24,7 +24,7 @@ from tempering.chat.spans import Span, SpanFinder
 from tempering.chat.templates import ResolvedTemplate, TemplateError, render, resolve_chat_template
 
 __all__ = ["IGNORE_INDEX", "ENCODER_FORMAT", "Encoded", "ConversationEncoder",
-           "UnrenderedFieldError", "encode_conversation"]
+           "UnrenderedFieldError", "encode_conversation", "token_spans"]
 
 IGNORE_INDEX = -100
 # Bump whenever the labels the encoder produces, or the columns the tokenization cache holds,
@@ -288,20 +288,27 @@ def _check_trained_fields(message: dict[str, Any], index: int, span_text: str,
             "template that keeps it")
 
 
-def _labels_for(ids: list[int], offsets: list[tuple[int, int]], spans: list[Span]) -> list[int]:
-    """Label every token whose characters overlap a trained span; a zero-width token is labelled
-    when it lies strictly inside one."""
-    labels = [IGNORE_INDEX] * len(ids)
+def token_spans(offsets: list[tuple[int, int]], bounds: list[tuple[int, int]]) -> list[int]:
+    """Per token, the index in ``bounds`` (character ``(start, end)`` ranges in order) of the
+    range it lies in, -1 for none: a token lies in a range its characters overlap, a zero-width
+    token in one it is strictly inside. This is what a trained span labels."""
+    owner = [-1] * len(offsets)
     k = 0
     for t, (a, b) in enumerate(offsets):
-        while k < len(spans) and spans[k].end <= a:
+        while k < len(bounds) and bounds[k][1] <= a:
             k += 1
-        if k == len(spans):
+        if k == len(bounds):
             break
-        span = spans[k]
-        inside = (a < span.end and b > span.start) if b > a else span.start < a < span.end
-        if inside:
-            labels[t] = ids[t]
+        start, end = bounds[k]
+        if (a < end and b > start) if b > a else start < a < end:
+            owner[t] = k
+    return owner
+
+
+def _labels_for(ids: list[int], offsets: list[tuple[int, int]], spans: list[Span]) -> list[int]:
+    """Label every token that lies in a trained span (:func:`token_spans`)."""
+    owner = token_spans(offsets, [(span.start, span.end) for span in spans])
+    labels = [ids[t] if k >= 0 else IGNORE_INDEX for t, k in enumerate(owner)]
     for span in spans:
         if not any(a < span.end and b > span.start for a, b in offsets if b > a):
             raise TemplateError(f"message {span.index}: its span [{span.start}, {span.end}) "

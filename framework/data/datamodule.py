@@ -152,6 +152,8 @@ class ConversationDataModule(pl.LightningDataModule):
         self._prepared = False
         self._stats: dict[str, Any] = {}
         self._teacher_cache: dict[str, Any] = {}
+        self._turn_conversations: list[Conversation] | None = None
+        self.turn_bad_records = BadRecordLog()  # of eval.conversations
         self._train_too_long = 0
 
     # -- Lightning hooks --------------------------------------------------------------------
@@ -237,6 +239,20 @@ class ConversationDataModule(pl.LightningDataModule):
             **({"mixture": mixture.report} if mixture is not None else {}),
         }
         self._prepared = True
+
+    def turn_conversations(self) -> list[Conversation]:
+        """The conversations of ``eval.multi_turn``: ``eval.conversations`` (read once; a
+        conversation without answers is a prompt), or else the validation conversations."""
+        if not self.recipe.eval.conversations:
+            return self.val_conversations
+        if self._turn_conversations is None:
+            self._turn_conversations = load_conversations(
+                self.recipe.eval.conversations, self.pm.hook.format_example, self.registry,
+                on_bad_record=self.recipe.data.on_bad_record, seed=self.recipe.train.seed,
+                log=self.turn_bad_records, require_assistant=False)
+            if self.turn_bad_records.total:
+                _report_skipped(self.turn_bad_records)
+        return self._turn_conversations
 
     def _mixture(self) -> Any:
         """The ``data.mixture`` tasks' training and tagged held-out conversations, or None."""

@@ -228,18 +228,18 @@ def _draw(mixture: MixtureConfig, tasks: list[TaskData], rates: list[float],
     draws = rng.choices(range(len(tasks)), weights=rates, k=mixture.examples)
     orders = [rng.sample(range(len(t.train)), len(t.train)) for t in tasks]
     pools = [[r for _, r in t.train] for t in tasks]
+    trained = [[p for p in range(t.formatter.phrasings) if p not in mixture.held_out_phrasings]
+               for t in tasks]
     used: Counter = Counter()
     out = []
     for i in draws:
         data, j = tasks[i], used[i]
         used[i] += 1
         origin, record = data.train[orders[i][j % len(data.train)]]
-        trained = [p for p in range(data.formatter.phrasings)
-                   if p not in mixture.held_out_phrasings]
         exemplars: list[dict[str, Any]] = []
         if mixture.fewshot_share > 0 and rng.random() < mixture.fewshot_share:
             exemplars = _exemplars(rng, pools[i], mixture.fewshot_k, record)
-        out.append(_conversation(mixture, data, origin, record, rng.choice(trained), exemplars,
+        out.append(_conversation(mixture, data, origin, record, rng.choice(trained[i]), exemplars,
                                  {"task": data.name}))
     return out, used
 

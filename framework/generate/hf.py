@@ -16,15 +16,17 @@ __all__ = ["HFGenerator", "stop_token_ids"]
 
 
 def stop_token_ids(tokenizer: Any, model: Any, encoder: Any,
-                   sample: list[dict[str, Any]]) -> list[int]:
+                   sample: list[dict[str, Any]] | None) -> list[int]:
     """EOS ids of the tokenizer and generation config, plus the template's end-of-turn token
-    (the trained stop tokens of ``sample``, a conversation ending with an assistant turn)."""
+    (the trained stop tokens of ``sample``, a conversation ending with an assistant turn; None
+    where there is none to encode)."""
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(gen if isinstance(gen, list) else [gen] if gen is not None else [])
-    ids.update(encoder.encode(sample).stop_ids)  # the trained end-of-turn tokens
+    if sample is not None:
+        ids.update(encoder.encode(sample).stop_ids)  # the trained end-of-turn tokens
     return sorted(ids)
 
 

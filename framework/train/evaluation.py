@@ -15,14 +15,15 @@ __all__ = ["evaluate_answers", "evaluate_generation", "evaluate_turns", "eval_ge
            "group_of", "split_of"]
 
 
-def group_of(conversation: Conversation) -> tuple[str, str] | None:
-    """``(split, task)`` of a mixture's held-out conversation (the split names its number of
-    exemplars when it has some: ``held_out_tasks@2shot``), None for other data."""
+def group_of(conversation: Conversation) -> str | None:
+    """``split/task`` of a mixture's held-out conversation (the split names its number of
+    exemplars when it has some: ``held_out_tasks@2shot/subtraction``), None for other data."""
     tags = conversation.tags
     if "split" not in tags:
         return None
     shots = tags.get("shots") or 0
-    return (f"{tags['split']}@{shots}shot" if shots else tags["split"]), tags["task"]
+    split = f"{tags['split']}@{shots}shot" if shots else tags["split"]
+    return f"{split}/{tags['task']}"
 
 
 def split_of(group: str) -> str:
@@ -39,6 +40,21 @@ def _pick(conversations: list[Conversation], limit: int) -> list[Conversation]:
         if taken[key] < limit:
             taken[key] += 1
             out.append(c)
+    return out
+
+
+def _by_split(by_task: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each split's scores: every score's mean over the split's tasks that have it (a macro
+    mean), and ``tasks``, how many tasks the split has."""
+    tasks: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for key, values in by_task.items():
+        tasks[split_of(key)].append(values)
+    out = {}
+    for split, entries in tasks.items():
+        names = {n for e in entries for n in e if n != "n"}
+        out[split] = {n: sum(e[n] for e in entries if n in e) / sum(n in e for e in entries)
+                      for n in sorted(names)}
+        out[split]["tasks"] = len(entries)
     return out
 
 
@@ -77,18 +93,9 @@ def evaluate_answers(generator: Generator, conversations: list[Conversation],
     rows = [{m.name: float(m.score(a, r, **options)) for m, options in metrics}
             for a, r in zip(answers, references, strict=True)]
     scores = {n: sum(row[n] for row in rows) / len(rows) for n in names}
-    grouped = [(f"{g[0]}/{g[1]}", row) for c, row in zip(items, rows, strict=True)
+    grouped = [(g, row) for c, row in zip(items, rows, strict=True)
                if (g := group_of(c)) is not None]
     by_task = _means(grouped, names)
-    by_split: dict[str, Any] = {}
-    for key, values in by_task.items():
-        entry = by_split.setdefault(split_of(key), {**dict.fromkeys(names, 0.0), "tasks": 0})
-        entry["tasks"] += 1
-        for n in names:
-            entry[n] += values[n]
-    for entry in by_split.values():
-        for n in names:
-            entry[n] /= entry["tasks"]
     shown: dict[Any, int] = defaultdict(int)
     examples: list[dict[str, Any]] = []
     for c, a, r in zip(items, answers, references, strict=True):
@@ -96,9 +103,9 @@ def evaluate_answers(generator: Generator, conversations: list[Conversation],
         if len(examples) < (8 if key is None else 64) and shown[key] < (8 if key is None else 1):
             shown[key] += 1
             examples.append({"prompt": c.messages[-2]["content"], "reference": r, "answer": a,
-                             **({"group": f"{key[0]}/{key[1]}"} if key else {})})
+                             **({"group": key} if key else {})})
     return {"scores": scores, "samples": len(items), "examples": examples, "by_task": by_task,
-            "by_split": by_split}
+            "by_split": _by_split(by_task)}
 
 
 def eval_generator(model: Any, dm: Any, recipe: Any, tokenizer: Any, registry: Any,
@@ -110,15 +117,9 @@ def eval_generator(model: Any, dm: Any, recipe: Any, tokenizer: Any, registry: A
 
     sample = next((c.messages for c in dm.val_conversations
                    if c.messages[-1]["role"] == "assistant"), None)
-    if sample is not None:  # the template's end-of-turn token, trained or not
-        stops = set(stop_token_ids(tokenizer, model, dm.encoder, sample))
-    else:
-        eos = getattr(model.generation_config, "eos_token_id", None)
-        stops = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
-                 *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
+    stops = stop_token_ids(tokenizer, model, dm.encoder, sample)
     backend = registry.get("generator", recipe.eval.generator.name)
-    generator = backend.build(GenerationContext(model, tokenizer, dm.encoder,
-                                                tuple(sorted(stops))),
+    generator = backend.build(GenerationContext(model, tokenizer, dm.encoder, tuple(stops)),
                               **recipe.eval.generator.options)
     if isinstance(generator, HFGenerator):
         generator.progress = progress
@@ -165,29 +166,12 @@ def _add_answer_losses(result: dict[str, Any], model: Any, conversations: list[C
     groups: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
     for c in conversations:
         if (g := group_of(c)) is not None:
-            groups[f"{g[0]}/{g[1]}"].append(c.messages)
+            groups[g].append(c.messages)
     for key, messages in groups.items():
         turns = turn_losses(model, encoder, messages, batch_size=recipe.data.batch_size)["turns"]
         if key in result["by_task"] and turns:
             result["by_task"][key]["answer_loss"] = turns[min(turns)]["loss"]
-    for split, entry in result["by_split"].items():
-        losses = [v["answer_loss"] for k, v in result["by_task"].items()
-                  if split_of(k) == split and "answer_loss" in v]
-        if losses:
-            entry["answer_loss"] = sum(losses) / len(losses)
-
-
-def _turn_conversations(dm: Any, recipe: Any) -> list[list[dict[str, Any]]]:
-    from tempering.data.sources import BadRecordLog, load_conversations
-
-    if recipe.eval.conversations:
-        read = load_conversations(recipe.eval.conversations, dm.pm.hook.format_example,
-                                  dm.registry, on_bad_record=recipe.data.on_bad_record,
-                                  seed=recipe.train.seed, log=BadRecordLog(),
-                                  require_assistant=False)
-    else:
-        read = dm.val_conversations
-    return [c.messages for c in read][:recipe.eval.multi_turn]
+    result["by_split"] = _by_split(result["by_task"])
 
 
 def evaluate_turns(model: Any, dm: Any, recipe: Any, tokenizer: Any,
@@ -203,7 +187,9 @@ def evaluate_turns(model: Any, dm: Any, recipe: Any, tokenizer: Any,
     from tempering.train.turn_eval import role_headers, rollout, rollout_summary, turn_losses
 
     e = recipe.eval
-    conversations = _turn_conversations(dm, recipe) if e.multi_turn > 0 else []
+    if e.multi_turn <= 0:
+        return None
+    conversations = [c.messages for c in dm.turn_conversations()][:e.multi_turn]
     if not conversations:
         return None
     every_turn = _every_turn_encoder(recipe, tokenizer, registry)
@@ -219,6 +205,8 @@ def evaluate_turns(model: Any, dm: Any, recipe: Any, tokenizer: Any,
     turns: dict[int, dict[str, Any]] = {}
     for k in sorted({*losses["turns"], *summary["turns"]}):
         turns[k] = {**losses["turns"].get(k, {}), **summary["turns"].get(k, {})}
+    skipped = dict(dm.turn_bad_records.counts)
     return {"conversations": len(conversations), "skipped": losses["skipped"],
+            **({"skipped_records": skipped} if skipped else {}),
             **{k: v for k, v in summary.items() if k != "turns"}, "turns": turns,
             "examples": records[:64]}

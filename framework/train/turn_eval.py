@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from tempering.chat.encoding import IGNORE_INDEX, Encoded
+from tempering.chat.encoding import IGNORE_INDEX, Encoded, token_spans
 from tempering.chat.templates import TemplateError
 from tempering.generate.base import Completion, GenerationParams, Generator
 from tempering.train.losses import chunked_per_token, forward_hidden, token_nll
@@ -163,17 +163,12 @@ def token_turns(enc: Encoded, messages: Sequence[dict[str, Any]]) -> list[int]:
     assistants = [i for i, message in enumerate(messages) if message.get("role") == "assistant"]
     ordinal = {index: k + 1 for k, index in enumerate(assistants)}
     spans = sorted(enc.spans, key=lambda s: s[1])
+    owner = token_spans(enc.offsets, [(start, end) for _, start, end in spans])
     turns = [0] * len(enc.input_ids)
-    k = 0
-    for t, (label, (a, b)) in enumerate(zip(enc.labels, enc.offsets, strict=True)):
+    for t, (label, k) in enumerate(zip(enc.labels, owner, strict=True)):
         if label == IGNORE_INDEX:
             continue
-        while k < len(spans) and spans[k][2] <= a:
-            k += 1
-        # The encoder's own rule: overlap, or strictly inside for a zero-width token.
-        inside = k < len(spans) and ((a < spans[k][2] and b > spans[k][1]) if b > a
-                                     else spans[k][1] < a < spans[k][2])
-        if not inside or spans[k][0] not in ordinal:
+        if k < 0 or spans[k][0] not in ordinal:
             raise ValueError(f"token {t} is trained but lies in no assistant message's span; "
                              "per-turn losses need a response-only masking (all_assistant)")
         turns[t] = ordinal[spans[k][0]]
