@@ -26,6 +26,10 @@ def quiet_libraries() -> None:
     """Hide library chatter for this process (and the rank processes it launches)."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)  # GPU/TPU banner, tips, rank lines
+    # bitsandbytes (imported by peft) looks for an optional CPU kernel on the hub at import and
+    # warns when it is not there (offline), which changes nothing in what is computed
+    for name in ("bitsandbytes", "kernels"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("WANDB_SILENT", "true")  # banner, run history, sync hints
     for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category)
@@ -240,6 +244,10 @@ def run_table(summary: dict[str, Any]) -> str:
     if "perf_tokens_per_s" in s:
         lines.append(f"throughput {s['perf_tokens_per_s']:,.0f} tokens/s "
                      f"({s.get('perf_supervised_tokens_per_s', 0):,.0f} trained tokens/s)")
+    trainable, total = s.get("trainable_parameters"), s.get("total_parameters")
+    if trainable and total and trainable < total:  # adapters, or frozen parts
+        lines.append(f"trained parameters {trainable:,} of {total:,} "
+                     f"({100 * trainable / total:.1f}%)")
     if s.get("skipped_records"):
         kinds = ", ".join(f"{k} {n}" for k, n in s["skipped_records"].items())
         lines.append(f"skipped records: {kinds}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,13 @@ from typing import Any
 import torch
 
 from tempering.recipe import ModelConfig, RecipeError, resolve_bundled
+from tempering.train.adapters import (
+    adapter_base,
+    is_adapter_dir,
+    keep_4bit_differentiable,
+    load_adapter_model,
+    quantization_4bit,
+)
 
 __all__ = ["load_fast_tokenizer", "load_causal_lm", "load_model_config", "has_weights", "loading"]
 
@@ -56,6 +64,8 @@ def load_model_config(cfg: ModelConfig, key: str = "model") -> Any:
     from transformers import AutoConfig
 
     location = resolve_bundled(cfg.name_or_path)
+    if cfg.init != "random" and is_adapter_dir(location):  # the architecture is the base's
+        location = resolve_bundled(adapter_base(location, key))
     with loading(f"{key}.name_or_path", location):
         config = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code,
                                             revision=cfg.revision)
@@ -79,6 +89,21 @@ def load_causal_lm(cfg: ModelConfig, seed: int, key: str = "model") -> Any:
     common = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
     if cfg.attn_implementation:
         common["attn_implementation"] = cfg.attn_implementation
+    quantized = cfg.lora is not None and cfg.lora.load_in_4bit
+    if cfg.init != "random" and is_adapter_dir(location):
+        # LoRA adapters alone (`lora.merge: false`): their base, with the adapters merged in
+        if quantized:
+            raise RecipeError(f"{key}.lora.load_in_4bit: {location} holds adapters alone, which "
+                              "would be merged into 4-bit weights; train the earlier stage with "
+                              "lora.merge: true")
+        base = load_causal_lm(dataclasses.replace(cfg, name_or_path=adapter_base(location, key)),
+                              seed, key)
+        model = load_adapter_model(location, base, key)
+        if (Path(location) / "generation_config.json").is_file():  # the trained stop tokens
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(location)
+        return model
     if cfg.init == "random":
         config = load_model_config(cfg, key)
         torch.manual_seed(seed)
@@ -91,8 +116,12 @@ def load_causal_lm(cfg: ModelConfig, seed: int, key: str = "model") -> Any:
             raise RecipeError(
                 f"{key}.name_or_path: {cfg.name_or_path} has a config but no weights; set "
                 f"{key}.init: random to train it from scratch")
+        if quantized:
+            common.update(quantization_4bit(dtype if dtype != "auto" else torch.float32))
         with loading(f"{key}.name_or_path", location):
             model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **common)
+        if quantized:  # before its first forward (the logit check)
+            keep_4bit_differentiable(model)
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24's name
             model.activation_checkpointing_enable(

@@ -111,6 +111,9 @@ def test_the_table_says_what_was_not_measured_and_where_things_are():
     offline = run_table({**summary, "wandb_url": None, "final_model": None})
     assert "wandb sync /runs/r/wandb/x" in offline and "not saved" in offline
     assert "held-out" not in run_table({**summary, "val_conversations": 0})
+    assert "trained parameters" not in "\n".join(table)  # every weight trained: no line
+    adapters = run_table({**summary, "trainable_parameters": 8192, "total_parameters": 828544})
+    assert "trained parameters 8,192 of 828,544 (1.0%)" in adapters
 
 
 def test_the_table_shows_mixture_splits_and_turns_before_and_after():

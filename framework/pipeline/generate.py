@@ -100,7 +100,9 @@ def build_generator(view: Recipe, pm: Any, registry: Any, rank: int = 0) -> Any:
     encoder = recipe_encoder(view, tokenizer, registry)
     model = None
     if backend.in_process:
-        model = pm.hook.load_model(role="policy", config=view.model, seed=view.train.seed)
+        # the model as it is; adapters (and a 4-bit base) are for training it
+        plain = dataclasses.replace(view.model, lora=None)
+        model = pm.hook.load_model(role="policy", config=plain, seed=view.train.seed)
         model.to(_device(view.generate.accelerator, rank))
     sample = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "ok"}]
     stops = stop_token_ids(tokenizer, model, encoder, sample)

@@ -180,8 +180,14 @@ class _Pipeline:
         if stage.model_from not in ("recipe", "latest") and handed is None:
             raise RecipeError(f"{label}: model_from {stage.model_from!r}: that stage has not "
                               "run yet (in_rounds?)")
-        return {"model": stage.model} if handed is None else {"model": handed.model,
-                                                                **handed.template}
+        if handed is None:
+            return {"model": stage.model}
+        # The handed model is which weights this stage starts from; how it trains them
+        # (adapters, dtype, checkpointing, attention) is the stage's own `model` section.
+        model = dataclasses.replace(stage.model, name_or_path=handed.model.name_or_path,
+                                    init="pretrained", tokenizer=None, revision=None,
+                                    config_overrides={})
+        return {"model": model, **handed.template}
 
     def teacher_of(self, stage: Stage, label: str, registry: Any) -> Any:
         """The recipe's teacher for a training stage whose objective uses one (None for the
@@ -222,7 +228,7 @@ class _Pipeline:
         self.previous = sid
         if stage.kind == "train" and summary.get("final_model"):
             model = dataclasses.replace(view.model, name_or_path=summary["final_model"],
-                                        init="pretrained", tokenizer=None)
+                                        init="pretrained", tokenizer=None, lora=None)
             self.latest = self.trained[sid] = _Handed(
                 model, {k: getattr(view, k) for k in _TEMPLATE_KEYS})
         elif stage.kind != "train":

@@ -504,7 +504,11 @@ def _check_component(kind: Any, where: str, picked: ComponentConfig, registry: A
 
 
 def _check_teacher(recipe: Recipe, objectives: list[tuple[str, Any]]) -> None:
-    """A teacher exactly when an objective uses one (never loaded for nothing, never missing)."""
+    """A teacher exactly when an objective uses one (never loaded for nothing, never missing);
+    it is frozen, so it takes no adapters."""
+    if recipe.teacher is not None and recipe.teacher.lora is not None:
+        raise RecipeError("teacher.lora: the teacher is frozen; LoRA adapters train the policy "
+                          "(model.lora)")
     for prefix, objective in objectives:
         if objective.needs_teacher and recipe.teacher is None:
             raise RecipeError(f"{prefix}objective: {objective.name!r} needs a teacher model; "

@@ -16,10 +16,37 @@ from tempering.recipe.schema_base import (
 )
 
 __all__ = [
-    "ModelConfig", "DataSource", "DataConfig", "ComponentConfig", "OptimConfig", "TrainConfig",
+    "ModelConfig", "LoraConfig", "DataSource", "DataConfig", "ComponentConfig", "OptimConfig", "TrainConfig",
     "EvalConfig", "WandbConfig", "SamplingConfig", "GenerateConfig", "ScoreConfig", "FilterConfig",
     "SelfInstructConfig", "EvolveConfig", "MixtureConfig", "MixtureTask", "STAGE_KINDS", "Stage", "Recipe",
 ]
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (``peft``): the model's weights stay frozen and low-rank updates train."""
+
+    r: int = doc("Rank of each adapter (the update is B A with A: r x in, B: out x r).", 16,
+                 minimum=1)
+    alpha: float = doc("Scale numerator: the update is multiplied by alpha / r (alpha / sqrt(r) "
+                       "with `rslora`).", 32.0, minimum=0)
+    dropout: float = doc("Dropout on the adapter's input, in training.", 0.05, minimum=0)
+    target_modules: list[str] = doc(
+        "Modules adapted, by name or name suffix (`q_proj`, `v_proj`, ...); `all-linear`: every "
+        "linear layer but the output head.", factory=lambda: ["all-linear"])
+    modules_to_save: list[str] = doc("Modules trained in full beside the adapters (e.g. "
+                                     "`embed_tokens` for new tokens).", factory=list)
+    rslora: bool = doc("Rank-stabilised scale alpha / sqrt(r).", False)
+    load_in_4bit: bool = doc(
+        "QLoRA: the frozen base is loaded in 4-bit NF4 with double quantization "
+        "(`pip install 'tempering[qlora]'`, bitsandbytes), computing in `model.dtype` (set "
+        "`bfloat16` on a GPU). The merged model at the end is the full-precision base plus the "
+        "adapters, not the 4-bit weights.", False)
+    merge: bool = doc(
+        "At the end, `final/` holds the model with the adapters merged in (a plain model every "
+        "stage and tool loads) and `final/adapter/` the adapters alone. False: `final/` holds "
+        "only the adapters and the tokenizer; tempering loads such a folder as its base model "
+        "with the adapters merged.", True)
 
 
 @dataclass
@@ -37,6 +64,9 @@ class ModelConfig:
     config_overrides: dict[str, Any] = doc(
         "With `init: random`, config keys set before the model is built (a smaller student of a "
         "family: `{hidden_size: 64, num_hidden_layers: 2}`).", factory=dict)
+    lora: LoraConfig | None = doc(
+        "Train LoRA adapters (`pip install 'tempering[peft]'`) instead of every weight: the "
+        "policy only, under a single process or DDP.")
 
 
 @dataclass
@@ -117,6 +147,13 @@ class TrainConfig:
     overwrite: bool = doc("Delete an earlier run in `output_dir` and start over (without it, a "
                           "run directory that holds a run is refused unless resuming).", False)
     save_final: bool = doc("save_pretrained the final model + tokenizer (with chat template).", True)
+    packed_attention: str = doc(
+        "How the documents of a packed row attend: `documents` runs causal attention on each "
+        "document alone (no work on the blocks between documents; Llama, Mistral and Qwen 2/3 "
+        "with SDPA and no sliding window), `mask` is transformers' block-diagonal mask over the "
+        "whole row (or flash attention's varlen kernel when the model uses it), `auto` is "
+        "`documents` on a CPU where the model allows it and `mask` elsewhere.", "auto",
+        choices=("auto", "documents", "mask"))
 
 
 @dataclass

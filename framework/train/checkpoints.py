@@ -11,6 +11,7 @@ SIGTERM and SIGINT into a checkpoint at the next optimizer step and a clean stop
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 
 __all__ = ["LastCheckpoint", "GracefulStop", "RunInterrupted"]
@@ -39,8 +42,23 @@ class LastCheckpoint(Callback):
         self.every_n_seconds = every_n_minutes * 60 if every_n_minutes else None
         self._saved_step = self._seen_step = -1
         self._saved_at = time.monotonic()
+        self._restore: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        # Saved inside every checkpoint (a collective, as saving is): each rank's random
+        # states, so dropout after a resume draws what the uninterrupted run drew.
+        return {"rng_states": _gathered(_rng_state())}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = state_dict.get("rng_states")
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if states and rank < len(states):  # not for another world size: a fresh draw then
+            self._restore = states[rank]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._restore is not None:  # after the model, optimizer and loops are restored
+            _set_rng_state(self._restore)
+            self._restore = None
         self._saved_at = time.monotonic()
         # a resumed run does not rewrite at once
         self._saved_step = self._seen_step = trainer.global_step
@@ -79,6 +97,35 @@ class LastCheckpoint(Callback):
         trainer.strategy.barrier()
         self._saved_step = trainer.global_step
         self._saved_at = time.monotonic()
+
+
+def _rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    # plain types and tensors only: Lightning reads checkpoints with weights_only=True
+    key_tensor = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [name, key_tensor, pos, has_gauss, cached]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _gathered(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every rank's ``state``, in rank order."""
+    if not torch.distributed.is_initialized():
+        return [state]
+    states: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
 
 
 class RunInterrupted(Exception):

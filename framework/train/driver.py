@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import sys
@@ -17,6 +18,7 @@ from tempering.plugin_manager import build_plugin_manager, build_registry
 from tempering.recipe import Recipe, RecipeError, check_locations, validate_components
 from tempering.run_dir import prepare_run_dir
 from tempering.tracking import finish_tracking, log_run_end, log_run_start, make_logger
+from tempering.train.adapters import check_lora
 from tempering.train.checkpoints import GracefulStop, LastCheckpoint, RunInterrupted
 from tempering.train.module import CausalLMModule
 from tempering.train.teacher import check_teacher_vocabulary
@@ -143,13 +145,47 @@ def _gathered_state_dict(trainer: pl.Trainer) -> dict[str, Any] | None:
 def _save_final(module: CausalLMModule, tokenizer: Any, dm: ConversationDataModule, output_dir: Path,
                 state_dict: dict[str, Any] | None) -> Path:
     final = output_dir / "final"
-    module.model.save_pretrained(final, state_dict=state_dict)
+    if module.adapters is not None:
+        _save_adapters(module, final)
+    else:
+        module.model.save_pretrained(final, state_dict=state_dict)
     tokenizer.chat_template = dm.encoder.template.jinja  # the template it was trained with
     tokenizer.save_pretrained(final)
     # The variables the template was rendered with (e.g. enable_thinking), beside it.
     (final / "chat_template_kwargs.json").write_text(
         json.dumps(dm.encoder.template.kwargs, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return final
+
+
+def _save_adapters(module: CausalLMModule, final: Path) -> None:
+    """LoRA: the adapters in ``final/adapter`` and the merged model in ``final`` (or, with
+    ``lora.merge: false``, the adapters and the generation config alone in ``final``)."""
+    from tempering.train.adapters import merge_adapters, save_adapter
+
+    if not module.recipe.model.lora.merge:  # type: ignore[union-attr]
+        save_adapter(module.adapters, final)
+        module.model.generation_config.save_pretrained(final)  # the trained stop tokens
+        return
+    save_adapter(module.adapters, final / "adapter")
+    if module.recipe.model.lora.load_in_4bit:  # type: ignore[union-attr]
+        merged = _full_precision_merge(module, final / "adapter")
+    else:
+        merged = merge_adapters(module.adapters)
+    object.__setattr__(module, "adapters", None)  # merged: there are none left
+    module.model = merged
+    merged.save_pretrained(final)
+
+
+def _full_precision_merge(module: CausalLMModule, adapter: Path) -> Any:
+    """QLoRA: the adapters added to the base as stored (``model.dtype``), not to its 4-bit
+    copy, whose rounding would end up in the saved weights."""
+    from tempering.models import load_causal_lm
+
+    cfg = dataclasses.replace(module.recipe.model, name_or_path=str(adapter), lora=None,
+                              gradient_checkpointing=False)
+    merged = load_causal_lm(cfg, module.recipe.train.seed)
+    merged.generation_config = module.model.generation_config  # the trained stop tokens
+    return merged.to(next(module.model.parameters()).device)
 
 
 def _set_stop_tokens(model: Any, tokenizer: Any, dm: ConversationDataModule) -> None:
@@ -292,6 +328,18 @@ def _refuse_unsupported_early(pm: Any, recipe: Recipe) -> None:
             check_logit_parity(twin)
 
 
+def _check_adapter_strategy(recipe: Recipe, trainer: pl.Trainer) -> None:
+    """LoRA adapters train in one process or under DDP (the adapters are small, so each rank
+    holds the whole model); saving and merging sharded adapters is not supported."""
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    if recipe.model.lora is None or isinstance(trainer.strategy,
+                                               (SingleDeviceStrategy, DDPStrategy)):
+        return
+    raise RecipeError(f"model.lora: adapters train in one process or under DDP "
+                      f"(trainer.strategy: ddp), not under {type(trainer.strategy).__name__}")
+
+
 def _has_validation(recipe: Recipe) -> bool:
     mixture = recipe.data.mixture
     return (bool(recipe.data.validation) or recipe.data.val_fraction > 0
@@ -313,6 +361,7 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     registry = build_registry(pm)
     validate_components(recipe, registry)
     check_locations(recipe)
+    check_lora(recipe.model)
     if recipe.data.mixture.tasks:
         from tempering.data.mixture import check_mixture
 
@@ -334,6 +383,7 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     extra = [*_plugin_callbacks(pm, recipe), _RunStart(recipe, dm, tokenizer), *(callbacks or [])]
     trainer = pl.Trainer(logger=logger, callbacks=_with_progress_bar(args, ours + [stop] + extra),
                          **args)
+    _check_adapter_strategy(recipe, trainer)
     summary: dict[str, Any] = {"recipe": recipe.name, "output_dir": str(output_dir)}
     if recipe.eval.before_training and trainer.world_size == 1 and not recipe.train.resume_from:
         _measure_before(trainer, module, dm, recipe, tokenizer, registry, summary)
@@ -344,6 +394,9 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     summary = {**summary, **dm.stats(), "train_seconds": round(time.perf_counter() - started, 2)}
     summary["global_step"] = trainer.global_step
+    summary.update(module.parameter_counts)
+    if recipe.data.packing:
+        summary["packed_attention"] = module.packed_attention
     if stop.interrupted:
         _interrupted(trainer, stop, logger, summary, output_dir)
     summary["empty_micro_batches_per_epoch"] = dm.empty_micro_batches(trainer.world_size)

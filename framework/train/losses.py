@@ -15,6 +15,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from tempering.chat.encoding import IGNORE_INDEX
+from tempering.train.packed_attention import NAME as DOCUMENTS
+from tempering.train.packed_attention import document_bounds
 
 __all__ = ["LossContext", "LossOutput", "forward_hidden", "project_logits", "chunked_per_token",
            "supervised_positions", "supervised_hidden", "token_nll", "chunk_rows", "vocab_size",
@@ -67,11 +69,16 @@ class LossContext:
 def forward_hidden(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     """Final hidden states ``[b, s, d]`` of the decoder (no LM head, no KV cache)."""
     decoder = model.get_decoder()
+    extra = {}
+    if batch.get("position_ids") is not None and batch.get("attention_mask") is None \
+            and model.config._attn_implementation == DOCUMENTS:  # packed: each document alone
+        extra["document_bounds"] = document_bounds(batch["position_ids"])
     out = decoder(
         input_ids=batch["input_ids"],
         attention_mask=batch.get("attention_mask"),
         position_ids=batch.get("position_ids"),
         use_cache=False,
+        **extra,
     )
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 

@@ -20,6 +20,7 @@ from torchmetrics import SumMetric
 
 from tempering.data.batch import Batch
 from tempering.recipe import Recipe
+from tempering.train.adapters import parameter_counts
 from tempering.train.losses import (
     LossContext,
     LossOutput,
@@ -28,6 +29,7 @@ from tempering.train.losses import (
     token_nll,
 )
 from tempering.train.optim import check_update_precision, decay_groups, no_decay_names
+from tempering.train.packed_attention import choose_packed_attention, use_sdpa
 
 __all__ = ["CausalLMModule", "is_window_end", "lr_lambda"]
 
@@ -69,6 +71,8 @@ class CausalLMModule(pl.LightningModule):
             if None and the objective needs one.
     """
 
+    adapters: Any  # peft's wrapper of the policy's LoRA adapters, or None
+
     def __init__(self, recipe: Recipe, plugin_manager: Any, registry: Any, model: Any = None,
                  teacher: Any = None) -> None:
         super().__init__()
@@ -85,6 +89,12 @@ class CausalLMModule(pl.LightningModule):
         self._param_names: set[str] = set()
         self._no_decay: set[str] = set()
         self._parity_pending = False
+        # The peft wrapper of LoRA adapters (``model.lora``): kept out of the module's children
+        # (the adapters live inside ``self.model``), used to save and merge them.
+        object.__setattr__(self, "adapters", None)
+        self._base_fingerprint: list[float] | None = None
+        self.parameter_counts: dict[str, int] = {}
+        self.packed_attention: str | None = None  # what packed rows used (on_fit_start)
         if model is not None:
             self._prepare_model()
         self.val_loss_sum, self.val_nll_sum, self.val_tokens = SumMetric(), SumMetric(), SumMetric()
@@ -118,15 +128,48 @@ class CausalLMModule(pl.LightningModule):
             self.teacher.eval()  # dropout stays off in the teacher
         return self
 
+    def _trainable_keys(self) -> set[str]:
+        """State-dict keys of the policy's trained weights (with adapters: the adapters and
+        ``modules_to_save``; everything else is the frozen base, 4-bit quantization state
+        included)."""
+        return {f"model.{n}" for n, p in self.model.named_parameters(remove_duplicate=False)
+                if p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("teacher.")]:
             del state[key]
+        if self.adapters is not None:  # the base is loaded from the recipe again on resume
+            from tempering.train.adapters import base_fingerprint
+
+            trained = self._trainable_keys()
+            for key in [k for k in state if k.startswith("model.") and k not in trained]:
+                del state[key]
+            if self._base_fingerprint is None:
+                self._base_fingerprint = base_fingerprint(self.model)
+            checkpoint["lora_base_fingerprint"] = self._base_fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.setdefault("state_dict", {})
         if self.teacher is not None:  # the teacher comes from its own weights, not the ckpt
-            checkpoint.setdefault("state_dict", {}).update(
-                {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+            state.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+        if self.adapters is not None and "lora_base_fingerprint" in checkpoint:
+            self._check_base(checkpoint["lora_base_fingerprint"])
+            own = self.state_dict()
+            state.update({k: v for k, v in own.items() if k.startswith("model.") and k not in state})
+
+    def _check_base(self, saved: list[float]) -> None:
+        from tempering.train.adapters import base_fingerprint
+
+        now = base_fingerprint(self.model)
+        same = len(now) == len(saved) and all(
+            math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) for a, b in zip(now, saved, strict=True))
+        if not same:
+            raise RuntimeError(
+                "train.resume_from: the checkpoint's LoRA adapters were trained on other base "
+                f"weights than {self.recipe.model.name_or_path} loads now (checkpoints of "
+                "adapter runs do not hold the frozen base); resume with the same model")
+        self._base_fingerprint = now
 
     def _prepare_model(self) -> None:
         """On the model as loaded, before any wrapping or sharding: refuse an architecture whose
@@ -138,6 +181,13 @@ class CausalLMModule(pl.LightningModule):
         self._parity_pending = not _checkable_now(self.model)
         if not self._parity_pending:
             check_logit_parity(self.model)
+        if self.recipe.model.lora is not None:
+            from tempering.recipe import resolve_bundled
+            from tempering.train.adapters import add_lora
+
+            base = resolve_bundled(self.recipe.model.name_or_path)
+            object.__setattr__(self, "adapters", add_lora(self.model, self.recipe.model.lora, base))
+        self.parameter_counts = parameter_counts(self.model)  # before any sharding
         self._param_names = {clean_name(n) for n, _ in self.model.named_parameters()}
         self._no_decay = no_decay_names(self.model)
 
@@ -176,6 +226,19 @@ class CausalLMModule(pl.LightningModule):
         if out is None:
             raise RuntimeError("no compute_loss plugin returned a loss")
         return out
+
+    def on_fit_start(self) -> None:
+        # transformers returns pretrained models in eval mode and Lightning (2.2+) keeps the
+        # mode it finds, so without this a pretrained policy trained with its dropout off
+        # (LoRA's included); validation restores train mode after itself.
+        self.train()
+        self.packed_attention = choose_packed_attention(self.recipe, self.model, self.teacher,
+                                                        self.device)
+
+    def on_fit_end(self) -> None:  # held-out generation and the saved model: plain SDPA again
+        for model in (self.model, self.teacher):
+            if model is not None:
+                use_sdpa(model)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._step_lr is None:  # first micro-batch of an optimizer step

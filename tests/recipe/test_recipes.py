@@ -145,3 +145,19 @@ def test_the_new_quickstarts_run_shortened(name, rows, tmp_path, capsys):
                  "eval.max_new_tokens=4", f"train.output_dir={tmp_path}", *small]) == 0
     table = capsys.readouterr().out
     assert all(row in table for row in rows), table
+
+
+def test_the_lora_quickstart_runs_shortened(tmp_path, capsys):
+    pytest.importorskip("peft")
+    import json
+    from pathlib import Path
+
+    from tempering.cli import main
+
+    assert main(["run", "lora-quickstart", "trainer.max_steps=3", "stages.2.trainer.max_steps=3",
+                 "eval.max_prompts=4", "wandb.mode=disabled", f"train.output_dir={tmp_path}"]) == 0
+    assert "adapters-eval" in capsys.readouterr().out
+    stages = json.loads((tmp_path / "pipeline.json").read_text())
+    adapters = json.loads((Path(stages[2]["output_dir"]) / "summary.json").read_text())
+    assert adapters["trainable_parameters"] < adapters["total_parameters"] / 5
+    assert (Path(stages[2]["final_model"]) / "adapter" / "adapter_model.safetensors").is_file()

@@ -34,6 +34,29 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tiny_rec
 
 
 @pytest.mark.slow
+def test_lora_adapters_under_two_process_ddp_match_one_process(tiny_recipe, tmp_path):
+    """Only the adapters carry gradients, so DDP reduces those alone; the merged weights of
+    2 ranks x 1 row equal 1 process x 2 rows."""
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    tiny_recipe["data"].update(packing=False, group_by_length=False)
+    tiny_recipe["trainer"].update(max_steps=3)
+    tiny_recipe["model"]["lora"] = {"r": 4, "dropout": 0.0, "target_modules": ["all-linear"]}
+    ddp = _run(tiny_recipe, tmp_path, "ddp", "data.batch_size=1", "trainer.devices=2",
+               "trainer.strategy=ddp")
+    single = _run(tiny_recipe, tmp_path, "single", "data.batch_size=2")
+    for name in ("model.safetensors", "adapter/adapter_model.safetensors"):
+        a, b = load_file(ddp / "final" / name), load_file(single / "final" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    runs = [json.loads((d / "summary.json").read_text()) for d in (ddp, single)]
+    assert abs(runs[0]["train_loss"] - runs[1]["train_loss"]) < 1e-4
+    assert runs[0]["trainable_parameters"] == runs[1]["trainable_parameters"]
+
+
+@pytest.mark.slow
 def test_a_teacher_under_ddp_online_or_cached_matches_one_process(tiny_recipe, tmp_path):
     """The teacher is placed by the strategy like the student (online), or its top-k is cached
     by local rank 0 in prepare_data and read by both ranks (cached, k = the whole vocabulary:
