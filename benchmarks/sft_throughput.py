@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import ModelShape, document_lengths, gemm_flops_per_s, rss_mib, tensor_mib  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"  # read in place, never copied into the repository
 MODEL_DIR = REPO / "framework" / "assets" / "tiny-llama"
@@ -62,11 +65,33 @@ class Meter:
     def __init__(self, warmup: int, started: float) -> None:
         self.warmup, self.started, self.t_init = warmup, started, time.perf_counter()
         self.tokens = self.supervised = self.positions = self.last_step = 0
-        self.t_warm = self.t_last = self.t_train = self.peak_setup = 0.0
+        self.t_warm = self.t_last = self.t_train = self.peak_setup = self.rss_start = 0.0
+        self.flops = self.t_first = 0.0
         self.losses: list[float] = []
         self.peak_reset = False
+        self.shape: ModelShape | None = None
+        self.memory: dict[str, float] = {}
+
+    def model_ready(self, model: Any) -> None:
+        if self.shape is None:
+            self.shape = ModelShape(model)
+            self.memory["weights_mib"] = tensor_mib(model.parameters())
+
+    def gradients(self, model: Any) -> None:
+        """Before the first optimizer step: the gradients training holds."""
+        if "grads_mib" not in self.memory:
+            self.memory["grads_mib"] = tensor_mib(p.grad for p in model.parameters()
+                                                  if p.grad is not None)
+
+    def optimizer(self, optimizer: Any) -> None:
+        """After the first optimizer step: its state (AdamW: two moments per weight)."""
+        if "optimizer_mib" not in self.memory and optimizer.state:
+            self.memory["optimizer_mib"] = tensor_mib(
+                v for st in optimizer.state.values() for v in st.values()
+                if hasattr(v, "element_size") and v.dim() > 0)
 
     def train_start(self) -> None:
+        self.rss_start = rss_mib()
         self.t_train, self.peak_setup = time.perf_counter(), _peak_rss_mib()
         try:  # restart Linux's peak-RSS counter, so that the training peak is measured alone
             Path("/proc/self/clear_refs").write_text("5")
@@ -74,14 +99,23 @@ class Meter:
         except OSError:
             pass
 
-    def batch(self, steps_done: int, input_ids: Any, labels: Any) -> None:
+    def batch(self, steps_done: int, input_ids: Any, labels: Any, position_ids: Any) -> None:
         if steps_done >= self.warmup:
-            self.tokens += int((input_ids != PAD_ID).sum())
+            tokens = int((input_ids != PAD_ID).sum())
+            supervised = int((labels[:, 1:] != -100).sum())
+            self.tokens += tokens
             self.positions += input_ids.numel()
-            self.supervised += int((labels[:, 1:] != -100).sum())
+            self.supervised += supervised
+            if self.shape is not None:
+                # padding (at the end of tempering's rows) is not useful work
+                documents = []
+                for ids, pos in zip(input_ids, position_ids.reshape(input_ids.shape), strict=True):
+                    documents += document_lengths(pos[: int((ids != PAD_ID).sum())][None])
+                self.flops += self.shape.flops(tokens, documents, supervised)
 
     def step_end(self, step: int, loss: float) -> None:
         self.t_last, self.last_step = time.perf_counter(), step
+        self.t_first = self.t_first or self.t_last  # the first optimizer step's end
         self.losses.append(loss)
         if step == self.warmup:
             self.t_warm = self.t_last
@@ -89,7 +123,15 @@ class Meter:
     def result(self) -> dict[str, Any]:
         steps, wall = self.last_step - self.warmup, self.t_last - self.t_warm
         train = _peak_rss_mib() if self.peak_reset else None
+        gemm = gemm_flops_per_s()
+        memory = dict(self.memory)
+        if train is not None:
+            held = memory.get("grads_mib", 0) + memory.get("optimizer_mib", 0)
+            memory["rss_start_mib"] = self.rss_start
+            memory["activations_mib"] = train - self.rss_start - held
         return {
+            **memory, "useful_gflops_per_s": self.flops / wall / 1e9,
+            "gemm_gflops_per_s": gemm / 1e9, "mfu": self.flops / wall / gemm,
             "measured_steps": steps, "wall_s": wall, "tokens": self.tokens,
             "supervised_tokens": self.supervised, "tokens_per_s": self.tokens / wall,
             "supervised_tokens_per_s": self.supervised / wall,
@@ -99,9 +141,26 @@ class Meter:
             "final_loss_last10": sum(self.losses[-10:]) / len(self.losses[-10:]),
             "losses": [round(x, 4) for x in self.losses],
             "import_s": self.t_init - self.started, "setup_s": self.t_train - self.started,
+            "first_step_s": self.t_first - self.started,
             "peak_rss_setup_mib": self.peak_setup, "peak_rss_train_mib": train,
             "peak_rss_mib": max(self.peak_setup, train or 0.0),
         }
+
+
+def model_overrides(s: dict[str, Any]) -> dict[str, Any]:
+    """The bundled tiny Llama's config, widened, deepened or given a larger vocabulary (token
+    ids stay those of the tiny tokenizer; the embedding and head get the rows)."""
+    out: dict[str, Any] = {}
+    if s["hidden"]:
+        heads = s["hidden"] // 32  # the bundled head width
+        out.update(hidden_size=s["hidden"], num_attention_heads=heads,
+                   num_key_value_heads=max(1, heads // 2),
+                   intermediate_size=round(s["hidden"] * 2.75 / 64) * 64)
+    if s["layers"]:
+        out["num_hidden_layers"] = s["layers"]
+    if s["vocab"]:
+        out["vocab_size"] = s["vocab"]
+    return out
 
 
 # -- the data, converted as a TRL user would -------------------------------------------------------
@@ -148,9 +207,15 @@ def run_tempering(s: dict[str, Any], work: Path) -> dict[str, Any]:
             meter.train_start()
 
         def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, i: int) -> None:
-            meter.batch(trainer.global_step, batch["input_ids"], batch["labels"])
+            meter.model_ready(module.model)
+            meter.batch(trainer.global_step, batch["input_ids"], batch["labels"],
+                        batch["position_ids"])
+
+        def on_before_optimizer_step(self, trainer: Any, module: Any, optimizer: Any) -> None:
+            meter.gradients(module.model)
 
         def on_train_batch_end(self, trainer: Any, module: Any, out: Any, *_: Any) -> None:
+            meter.optimizer(trainer.optimizers[0])
             meter.step_end(trainer.global_step, float(out["loss"]))  # the step's token mean
 
     training.ConversationDataModule = TimedDataModule  # run_recipe looks the class up when called
@@ -160,14 +225,16 @@ def run_tempering(s: dict[str, Any], work: Path) -> dict[str, Any]:
                 "max_records": s["chats"]}]
     recipe = load_recipe({
         "name": "bench", "chat_template": "chatml", "masking": "all_assistant",
-        "model": {"name_or_path": "bundled:tiny-llama", "init": "random", "dtype": "float32"},
+        "model": {"name_or_path": "bundled:tiny-llama", "init": "random", "dtype": "float32",
+                  "config_overrides": model_overrides(s)},
         "data": {"train": sources, "max_length": s["max_length"], "overflow": "drop",
                  "packing": True, "batch_size": s["rows"],  # packed rows of 512 per micro-batch
                  "cache_dir": str(work / "cache"),  # cold tokenization, like TRL's in-memory map
                  "on_bad_record": "skip"},  # the two empty alpaca answers; TRL drops them too
         "optim": {"lr": s["lr"], "weight_decay": 0.0, "warmup_steps": s["lr_warmup"],
                   "scheduler": "cosine"},
-        "train": {"seed": 0, "output_dir": str(work / "run"), "save_final": False},
+        "train": {"seed": 0, "output_dir": str(work / "run"), "save_final": False,
+                  "compile": s.get("compile", False)},
         "eval": {"generate_samples": 0, "before_training": False},
         "wandb": {"mode": "disabled"},
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": s["steps"],
@@ -191,7 +258,9 @@ def run_trl(s: dict[str, Any], work: Path) -> dict[str, Any]:
 
     class CountingSFTTrainer(SFTTrainer):  # sees exactly the micro-batches the model gets
         def compute_loss(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-            meter.batch(self.state.global_step, inputs["input_ids"], inputs["labels"])
+            meter.model_ready(model)
+            meter.batch(self.state.global_step, inputs["input_ids"], inputs["labels"],
+                        inputs["position_ids"])
             out = super().compute_loss(model, inputs, *args, **kwargs)
             # divided by the whole step's supervised tokens: summed over the step's micro-batches
             # it is the step's token mean, as tempering's
@@ -202,7 +271,11 @@ def run_trl(s: dict[str, Any], work: Path) -> dict[str, Any]:
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             meter.train_start()
 
+        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            meter.gradients(kw["model"])
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            meter.optimizer(kw["optimizer"])
             meter.step_end(state.global_step, loss[0])
             loss[0] = 0.0
 
@@ -218,8 +291,11 @@ def run_trl(s: dict[str, Any], work: Path) -> dict[str, Any]:
         ex["messages"], tokenize=True, return_dict=True)["input_ids"]) <= s["max_length"])
     prep = time.perf_counter() - prep
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(MODEL_DIR),
-                                             dtype=torch.float32, attn_implementation="sdpa")
+    model_config = AutoConfig.from_pretrained(MODEL_DIR)
+    for key, value in model_overrides(s).items():
+        setattr(model_config, key, value)
+    model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32,
+                                             attn_implementation="sdpa")
     config = SFTConfig(
         output_dir=str(work / "run"), max_steps=s["steps"], seed=0,
         # bfd packing is TRL's default and implies padding-free: a micro-batch of packed rows is
@@ -291,13 +367,28 @@ ROWS = [  # label, key, format; ratios (tempering / TRL) for the keys in RATIOS
     ("setup before the first step (s)", "setup_s", "{:.1f}"),
     ("- of which imports (s)", "import_s", "{:.1f}"),
     ("- of which read + tokenize + pack data (s)", "data_prep_s", "{:.1f}"),
+    ("**time to the end of the first optimizer step (s)**", "first_step_s", "{:.1f}"),
+    ("useful model GFLOP / s", "useful_gflops_per_s", "{:,.1f}"),
+    ("fp32 GEMM rate of the same threads (GFLOP / s)", "gemm_gflops_per_s", "{:,.1f}"),
+    ("**model FLOPs utilisation** (useful / GEMM rate)", "mfu", "{:.2f}"),
     ("peak RSS, whole run (MiB)", "peak_rss_mib", "{:,.0f}"),
-    ("peak RSS during training (MiB)", "peak_rss_train_mib", "{:,.0f}"),
+    ("**peak RSS during training (MiB)**", "peak_rss_train_mib", "{:,.0f}"),
+    ("- at the first step: libraries, data, weights (MiB)", "rss_start_mib", "{:,.0f}"),
+    ("- of which weights (MiB)", "weights_mib", "{:,.0f}"),
+    ("- gradients (MiB)", "grads_mib", "{:,.0f}"),
+    ("- AdamW state (MiB)", "optimizer_mib", "{:,.0f}"),
+    ("- the rest: activations, logits, temporaries (MiB)", "activations_mib", "{:,.0f}"),
     ("conversations kept (dropped: too long or empty answer)", "conversations", "{:,d}"),
     ("dataset tokens", "dataset_tokens", "{:,d}"),
     ("dataset supervised tokens", "dataset_supervised_tokens", "{:,d}"),
 ]
-RATIOS = ("supervised_tokens_per_s", "tokens_per_s", "peak_rss_mib", "peak_rss_train_mib")
+RATIOS = ("supervised_tokens_per_s", "tokens_per_s", "mfu", "peak_rss_mib", "peak_rss_train_mib")
+
+
+def _shape(s: dict[str, Any]) -> str:
+    parts = [f"{label} {s[key]:,}" for key, label in (("hidden", "width"), ("layers", "layers"),
+                                                      ("vocab", "vocabulary")) if s.get(key)]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -306,16 +397,18 @@ def markdown(report: dict[str, Any]) -> str:
         "# SFT throughput: tempering vs TRL SFTTrainer", "",
         f"{m['cpu_count']} CPUs ({m['platform']}), {s['threads']} torch threads per framework; "
         f"torch {m['torch']}, transformers {m['transformers']}, trl {m['trl']}, lightning "
-        f"{m['lightning']}. Bundled tiny Llama (random init, float32, SDPA); the first "
+        f"{m['lightning']}. Bundled tiny Llama{_shape(s)} (random init, float32, SDPA); the first "
         f"{s['alpaca']} alpaca records + {s['chats']} ShareGPT conversations, ChatML, loss on "
         f"assistant tokens, packed into rows of {s['max_length']} tokens, {s['rows']} rows per "
         f"optimizer step (TRL: {s['trl_split']} micro-batch(es), each flattened padding-free); "
-        f"{s['steps']} steps, the first {s['warmup']} not timed; best of {s['repeats']} run(s).",
+        f"{s['steps']} steps, the first {s['warmup']} not timed; best of {s['repeats']} run(s)."
+        + (" tempering with `train.compile: true` (its decoder layers compiled; the compile "
+           "time falls in the untimed first steps)." if s.get("compile") else ""),
         "", "| metric | tempering | TRL | tempering / TRL |", "| --- | ---: | ---: | ---: |"]
     for label, key, fmt in ROWS:
         cells = []
         for x in (report["tempering"], report["trl"]):
-            cell = "n/a" if x[key] is None else fmt.format(x[key])
+            cell = "n/a" if x.get(key) is None else fmt.format(x[key])
             cells.append(f"{cell} ({sum(x['dropped'].values())})" if key == "conversations"
                          else cell)
         ratio = f"{report['ratios'][key]:.2f}x" if key in report["ratios"] else ""
@@ -332,6 +425,12 @@ def main() -> None:
     p.add_argument("--alpaca", type=int, default=5000, help="first N alpaca records")
     p.add_argument("--chats", type=int, default=500, help="first N ShareGPT conversations")
     p.add_argument("--threads", type=int, default=2, help="torch threads per framework")
+    p.add_argument("--hidden", type=int, default=0, help="model width (0: the bundled 128)")
+    p.add_argument("--layers", type=int, default=0, help="decoder layers (0: the bundled 4)")
+    p.add_argument("--vocab", type=int, default=0, help="vocabulary rows (0: the bundled 640)")
+    p.add_argument("--name", default="sft_throughput", help="file name of the results")
+    p.add_argument("--compile", action="store_true",
+                   help="tempering with train.compile (its compile time is in setup + warmup)")
     p.add_argument("--repeats", type=int, default=2, help="runs per framework, alternating")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--child", choices=FRAMEWORKS, help=argparse.SUPPRESS)
@@ -344,7 +443,8 @@ def main() -> None:
         p.error("--rows must be a multiple of --trl-split")
     settings = {"steps": a.steps, "warmup": a.warmup, "rows": a.rows, "trl_split": a.trl_split,
                 "alpaca": a.alpaca, "chats": a.chats, "threads": a.threads, "repeats": a.repeats,
-                "max_length": 512, "lr": 1e-3, "lr_warmup": 10}
+                "max_length": 512, "lr": 1e-3, "lr_warmup": 10, "hidden": a.hidden,
+                "layers": a.layers, "vocab": a.vocab, "compile": a.compile}
     runs: dict[str, list[dict[str, Any]]] = {f: [] for f in FRAMEWORKS}
     for _ in range(a.repeats):  # alternate, so that a slow spell of the machine hits both
         for framework in FRAMEWORKS:
@@ -354,10 +454,10 @@ def main() -> None:
         best = max(results, key=lambda r: r["supervised_tokens_per_s"])
         report[framework] = {**best, "runs": [r["supervised_tokens_per_s"] for r in results]}
     t, r = report["tempering"], report["trl"]
-    report["ratios"] = {k: t[k] / r[k] for k in RATIOS if t[k] is not None and r[k] is not None}
+    report["ratios"] = {k: t[k] / r[k] for k in RATIOS if t.get(k) and r.get(k)}
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "sft_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
-    (a.out / "sft_throughput.md").write_text(markdown(report))
+    (a.out / f"{a.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (a.out / f"{a.name}.md").write_text(markdown(report))
     print(markdown(report))
 
 

@@ -22,10 +22,11 @@ def transformers(context: Any, batch_size: int = 8) -> Any:
                        list(context.stop_ids), batch_size=batch_size)
 
 
-def openai(context: Any, model: str, base_url: str | None = None,
+def openai(context: Any, model: str, base_url: str | list[str] | None = None,
            api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = 8,
            max_retries: int = 5, timeout: float = 120.0) -> Any:
-    """Chat completions from ``model`` at ``base_url`` (the endpoint applies its own template)."""
+    """Chat completions from ``model`` at ``base_url`` (the endpoint applies its own template);
+    a list of endpoints serving the same model spreads the prompts over them (a fleet)."""
     from tempering import OpenAIGenerator
 
     tok = context.tokenizer

@@ -23,7 +23,7 @@ from tempering.data.packing import (
     window_totals,
 )
 from tempering.data.sources import BadRecordLog, Conversation, DataError, load_conversations
-from tempering.data.tokenization import tokenize_conversations
+from tempering.data.tokenization import auto_num_proc, tokenize_conversations
 from tempering.recipe import Recipe
 
 __all__ = ["ConversationDataModule", "PlanLoader", "recipe_encoder"]
@@ -65,8 +65,8 @@ class PlanLoader:
 
     def __init__(self, dm: ConversationDataModule, dataset: Any, *, train: bool) -> None:
         self.dm, self.dataset, self.train = dm, dataset, train
-        self.lengths: list[int] = list(dataset["length"])
-        self.supervised: list[int] = list(dataset["num_supervised"])
+        self.lengths: list[int] = dataset["length"][:]
+        self.supervised: list[int] = dataset["num_supervised"][:]
         self._resume: dict[str, int] | None = None
         self._cached: tuple[tuple[int, int], list[list[list[int]]]] | None = None
 
@@ -187,7 +187,8 @@ class ConversationDataModule(pl.LightningDataModule):
             conversations, self.encoder, max_length=d.max_length,
             overflow=self.registry.get("overflow_policy", d.overflow.name),
             overflow_options=d.overflow.options,
-            on_bad_record=d.on_bad_record, log=self.bad_records, num_proc=d.num_proc,
+            on_bad_record=d.on_bad_record, log=self.bad_records,
+            num_proc=d.num_proc or auto_num_proc(len(conversations)),
             cache_dir=d.cache_dir, desc=desc)
 
     def _build(self) -> None:
@@ -218,8 +219,9 @@ class ConversationDataModule(pl.LightningDataModule):
         self.val_data = self._tokenize(val, "Tokenizing validation") if val else None
         if self.recipe.teacher is not None and self.recipe.train.teacher_top_k:
             self._cache_teacher()
-        lengths, supervised = self.train_data["length"], self.train_data["num_supervised"]
-        stops = Counter(i for ids in self.train_data["stop_ids"] for i in ids)
+        # columns as lists: iterating a datasets Column reads one row at a time
+        lengths, supervised = self.train_data["length"][:], self.train_data["num_supervised"][:]
+        stops = Counter(i for ids in self.train_data["stop_ids"][:] for i in ids)
         self.stop_token_ids = [i for i, _ in stops.most_common()]
         if self.bad_records.total:
             _report_skipped(self.bad_records)
@@ -234,7 +236,7 @@ class ConversationDataModule(pl.LightningDataModule):
             # which tokens end the trained turns, and how many trained turns end with none
             "end_of_turn_tokens": {self.tokenizer.convert_ids_to_tokens(i): n
                                    for i, n in stops.most_common()},
-            "turns_without_end_of_turn": int(sum(self.train_data["unterminated"])),
+            "turns_without_end_of_turn": int(sum(self.train_data["unterminated"][:])),
             "template_split_markers": {m.marker: m.pieces for m in self.encoder.split_markers},
             **({"mixture": mixture.report} if mixture is not None else {}),
         }
@@ -266,10 +268,10 @@ class ConversationDataModule(pl.LightningDataModule):
 
     def _overflow_counts(self) -> dict[str, Any]:
         """What ``data.overflow`` did to the training conversations over ``max_length``."""
-        rows = [r for r in self.train_data["overflow_rows"] if r]
+        rows = [r for r in self.train_data["overflow_rows"][:] if r]
         return {"policy": self.recipe.data.overflow.name, "fitted": len(rows),
                 "examples": int(sum(rows)), "dropped": self._train_too_long,
-                "turns_dropped": int(sum(self.train_data["turns_dropped"]))}
+                "turns_dropped": int(sum(self.train_data["turns_dropped"][:]))}
 
     def _cache_teacher(self) -> None:
         """Offline distillation: the teacher's top-k at every supervised position, computed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from tempering.chat.templates import TemplateError
 from tempering.data.records import BadRecordError
 from tempering.data.sources import SKIP_HINT, BadRecordLog, Conversation, DataError
 
-__all__ = ["encode_rows", "encode_one", "tokenize_conversations"]
+__all__ = ["encode_rows", "encode_one", "tokenize_conversations", "auto_num_proc"]
 
 _COLUMNS = ("input_ids", "labels", "length", "num_supervised", "stop_ids", "unterminated",
             "overflow_rows", "turns_dropped", "source", "error_kind", "error")
@@ -86,6 +87,16 @@ def _encode_batch(batch: dict[str, list], encoder: ConversationEncoder, max_leng
     return out
 
 
+PER_PROCESS = 2000  # conversations a tokenizing process is worth starting for
+
+
+def auto_num_proc(conversations: int) -> int:
+    """``data.num_proc: null``: one process per ``PER_PROCESS`` conversations, at most one per
+    core this process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, conversations // PER_PROCESS))
+
+
 def _fingerprint(encoder: ConversationEncoder, conversations: list[Conversation],
                  max_length: int, overflow: list[Any]) -> str:
     h = hashlib.sha256()
@@ -136,12 +147,12 @@ def tokenize_conversations(
     # conversations copied to another file are cached once but reported under the file read.
     if "origin" in encoded.column_names:  # a cache written before origins were kept out of it
         encoded = encoded.remove_columns(["origin"])
-    encoded = encoded.add_column("origin", [conversations[i].origin for i in encoded["source"]])
-    kinds = encoded["error_kind"]
+    encoded = encoded.add_column("origin", [conversations[i].origin for i in encoded["source"][:]])
+    kinds = encoded["error_kind"][:]
     bad = [i for i, k in enumerate(kinds) if k]
     if bad:
         errors = encoded.select(bad)
-        for origin, kind, message in zip(errors["origin"], errors["error_kind"], errors["error"],
+        for origin, kind, message in zip(errors["origin"][:], errors["error_kind"][:], errors["error"][:],
                                          strict=True):
             if on_bad_record == "error" and kind != "too_long":
                 raise DataError(f"{origin}: {message} {SKIP_HINT}")

@@ -87,7 +87,10 @@ class DataConfig(_NamesComponents):
     batch_size: int = doc("Rows per micro-batch per device.", 8, minimum=1)
     on_bad_record: str = doc("`error` stops at the first bad record; `skip` counts and reports.",
                              "error", choices=("error", "skip"))
-    num_proc: int = doc("Processes for tokenization (datasets.map).", 1, minimum=1)
+    num_proc: int | None = doc(
+        "Processes for tokenization (datasets.map); null: one per 2,000 conversations, at most "
+        "one per CPU core this process may use (so small data stays in one process).",
+        minimum=1)
     cache_dir: str | None = doc("Where tokenized data is cached (default: datasets' cache).")
     mixture: MixtureConfig = doc(
         "Instruction tuning over a mixture of tasks (FLAN-style): their records become "
@@ -147,6 +150,11 @@ class TrainConfig:
     overwrite: bool = doc("Delete an earlier run in `output_dir` and start over (without it, a "
                           "run directory that holds a run is refused unless resuming).", False)
     save_final: bool = doc("save_pretrained the final model + tokenizer (with chat template).", True)
+    compile: bool = doc(
+        "torch.compile the policy's decoder layers one by one (regional compilation: the "
+        "layers share one compiled graph, so compiling costs one layer's time). Packed rows then "
+        "attend through the mask (`packed_attention: auto` picks it; `documents` is refused).",
+        False)
     packed_attention: str = doc(
         "How the documents of a packed row attend: `documents` runs causal attention on each "
         "document alone (no work on the blocks between documents; Llama, Mistral and Qwen 2/3 "

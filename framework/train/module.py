@@ -30,6 +30,7 @@ from tempering.train.losses import (
 )
 from tempering.train.optim import check_update_precision, decay_groups, no_decay_names
 from tempering.train.packed_attention import choose_packed_attention, use_sdpa
+from tempering.train.regional_compile import compile_layers
 
 __all__ = ["CausalLMModule", "is_window_end", "lr_lambda"]
 
@@ -234,6 +235,8 @@ class CausalLMModule(pl.LightningModule):
         self.train()
         self.packed_attention = choose_packed_attention(self.recipe, self.model, self.teacher,
                                                         self.device)
+        if self.recipe.train.compile:
+            compile_layers(self.model)
 
     def on_fit_end(self) -> None:  # held-out generation and the saved model: plain SDPA again
         for model in (self.model, self.teacher):

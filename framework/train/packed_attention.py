@@ -96,7 +96,14 @@ def choose_packed_attention(recipe: Any, policy: Any, teacher: Any, device: torc
     """Switch the models to per-document attention where ``train.packed_attention`` asks for it
     and they allow it; returns what the policy's packed rows use (``documents`` or ``mask``)."""
     mode = recipe.train.packed_attention
-    if not recipe.data.packing or mode == "mask" or (mode == "auto" and device.type != "cpu"):
+    if mode == "documents" and recipe.train.compile:
+        from tempering.recipe import RecipeError
+
+        raise RecipeError("train.packed_attention: documents loops over each row's documents in "
+                          "Python, which train.compile would recompile for every batch; use auto "
+                          "or mask with compile")
+    if not recipe.data.packing or mode == "mask" or recipe.train.compile or (
+            mode == "auto" and device.type != "cpu"):
         return "mask"
     rows = recipe.data.max_length
     if not supports_documents(policy, rows):
@@ -114,3 +121,4 @@ def choose_packed_attention(recipe: Any, policy: Any, teacher: Any, device: torc
     if teacher is not None and supports_documents(teacher, rows):
         use_documents(teacher)
     return "documents"
+

@@ -130,7 +130,7 @@ def attach_teacher_cache(data: Any, recipe: Any, load_teacher: Any, vocab: int, 
     if len(cached) != len(data):
         raise RuntimeError(f"{folder} holds {len(cached)} rows for {len(data)} examples")
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    supervised = max(1, int(sum(data["num_supervised"])))
+    supervised = max(1, int(sum(data["num_supervised"][:])))
     stats = {"path": str(folder), "top_k": k, "reused": reused,
              "bytes_per_token": size / supervised}
     return datasets.concatenate_datasets([data, cached], axis=1), stats

@@ -107,3 +107,25 @@ def test_bundled_assets_are_what_the_builder_produces(tmp_path):
         assert (tmp_path / rel).read_bytes() == (ROOT / "framework" / "assets" / rel).read_bytes(), rel
     first = json.loads((tmp_path / "data/tasks_eval.jsonl").read_text().splitlines()[0])
     assert first["messages"][-1]["role"] == "assistant"
+
+
+def test_two_tokenizing_processes_give_the_rows_one_gives(shared_data, tiny_tokenizer, tmp_path):
+    convs, _ = _load([DataSource(path=str(shared_data / "fastchat_dummy_conversation.json"),
+                                 format="sharegpt")])
+    encoder = ConversationEncoder(tiny_tokenizer, chat_template="chatml", registry=REGISTRY)
+    rows, logs = {}, {}
+    for procs in (1, 2):
+        logs[procs] = BadRecordLog()
+        rows[procs] = tokenize_conversations(
+            convs, encoder, max_length=256, overflow=REGISTRY.get("overflow_policy", "drop"),
+            on_bad_record="skip", log=logs[procs], num_proc=procs,
+            cache_dir=str(tmp_path / f"cache-{procs}")).to_dict()
+    assert rows[2] == rows[1] and logs[2].counts == logs[1].counts
+    assert logs[1].counts.get("too_long")  # some were over max_length: counted alike
+
+
+def test_automatic_processes_start_one_per_two_thousand_conversations(monkeypatch):
+    from tempering.data import tokenization
+
+    monkeypatch.setattr(tokenization.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [tokenization.auto_num_proc(n) for n in (10, 3999, 4000, 100_000)] == [1, 1, 2, 2]

@@ -234,3 +234,44 @@ def test_the_self_instruct_loop_and_evolve_through_the_openai_backend_against_se
     assert sorted(got) == sorted(want) and got
     evolve = json.loads((base / "1-evolve" / "summary.json").read_text())
     assert evolve["candidates"] == 3 * 2 == evolve["kept"] + evolve["rejected"]
+
+
+def _named_app(name: str, seen: list[str]):
+    app = fastapi.FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        seen.append(body["messages"][-1]["content"])
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": name}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    return app
+
+
+def _closed_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # nothing listens once closed
+
+
+def test_a_fleet_of_endpoints_shares_the_prompts_and_covers_for_one_that_is_down() -> None:
+    prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(6)]
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+    with serving(_named_app("a", seen["a"])) as a, serving(_named_app("b", seen["b"])) as b:
+        fleet = OpenAIGenerator("m", [a, b], api_key_env=None, max_retries=0)
+        answers = [c[0].text for c in fleet.generate(prompts, GenerationParams())]
+        assert answers == ["a", "b"] * 3  # prompt i at endpoint i mod 2
+        assert sorted(seen["a"]) == ["q0", "q2", "q4"] and sorted(seen["b"]) == ["q1", "q3", "q5"]
+        down = _closed_port()
+        fleet = OpenAIGenerator("m", [a, down], api_key_env=None, max_retries=0)
+        assert [c[0].text for c in fleet.generate(prompts, GenerationParams())] == ["a"] * 6
+    with pytest.raises(openai.APIConnectionError):
+        OpenAIGenerator("m", [down], api_key_env=None, max_retries=0).generate(
+            prompts[:1], GenerationParams())
+    with pytest.raises(ValueError, match="an empty list of endpoints"):
+        OpenAIGenerator("m", [], api_key_env=None)
