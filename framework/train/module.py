@@ -166,7 +166,9 @@ class CausalLMModule(pl.LightningModule):
         same = len(now) == len(saved) and all(
             math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) for a, b in zip(now, saved, strict=True))
         if not same:
-            raise RuntimeError(
+            from tempering.recipe import RecipeError
+
+            raise RecipeError(
                 "train.resume_from: the checkpoint's LoRA adapters were trained on other base "
                 f"weights than {self.recipe.model.name_or_path} loads now (checkpoints of "
                 "adapter runs do not hold the frozen base); resume with the same model")

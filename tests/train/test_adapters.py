@@ -137,7 +137,7 @@ def test_a_resumed_adapter_run_ends_where_the_uninterrupted_run_ends(tiny_recipe
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
 
     # Resuming on other base weights (another init seed) is refused, not silently mixed.
-    with pytest.raises(RuntimeError, match="other base weights"):
+    with pytest.raises(RecipeError, match="other base weights"):
         run_recipe(load_recipe(broken, ["train.resume_from=last", "train.seed=4"]))
 
 

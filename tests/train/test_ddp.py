@@ -96,6 +96,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _both_logs(nodes: list, timeout: float) -> list[str]:
+    """Each node's output; if either has not finished in time, both are stopped and the test
+    fails with both outputs (one node waiting on the other shows only its own)."""
+    import subprocess
+
+    try:
+        return [node.communicate(timeout=timeout)[0] for node in nodes]
+    except subprocess.TimeoutExpired:
+        for node in nodes:
+            node.kill()
+        tails = [f"node {rank} (exit {node.wait()}):\n{(node.communicate()[0] or '')[-3000:]}"
+                 for rank, node in enumerate(nodes)]
+        pytest.fail(f"the two node ranks did not finish in {timeout:.0f} s\n" + "\n".join(tails))
+
+
 @pytest.mark.slow
 def test_two_nodes_on_localhost_match_one_process_with_the_same_global_batch(tiny_recipe,
                                                                             tmp_path):
@@ -119,7 +134,7 @@ def test_two_nodes_on_localhost_match_one_process_with_the_same_global_batch(tin
          "-m", "tempering.cli", "run", str(path), "trainer.num_nodes=2", "trainer.devices=1",
          "trainer.strategy=ddp", "data.batch_size=1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for rank in (0, 1)]
-    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    logs = _both_logs(nodes, timeout=240)
     assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     # one run table, from global rank 0; node 1 trains and prints nothing of its own
     assert "=== tiny: 3 steps" in logs[0] and "=== tiny" not in logs[1]

@@ -11,7 +11,13 @@ from tempering.train.driver import run_recipe
 
 
 @pytest.mark.slow
-def test_compiled_layers_train_the_weights_the_eager_layers_train(tiny_recipe, tmp_path):
+def test_compiled_layers_train_the_weights_the_eager_layers_train(tiny_recipe, tmp_path,
+                                                                  monkeypatch):
+    import torch._inductor.config as inductor
+
+    # compile in this process: inductor's pool of compile workers outlives the test, which
+    # pytest reports as unclosed files and running subprocesses (seen with a cold cache)
+    monkeypatch.setattr(inductor, "compile_threads", 1)
     tiny_recipe["data"]["packing"] = True
     tiny_recipe["trainer"]["max_steps"] = 3
     runs = {}
