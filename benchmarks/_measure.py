@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelShape", "document_lengths", "gemm_flops_per_s", "rss_mib", "tensor_mib"]
+__all__ = ["ModelShape", "gemm_flops_per_s", "optimizer_mib", "rss_mib", "tensor_mib"]
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -37,13 +37,10 @@ def gemm_flops_per_s(size: int = 2048, repeats: int = 6) -> float:
     return 2 * size**3 / best
 
 
-def document_lengths(position_ids: Any) -> list[int]:
-    """Lengths of the documents of packed rows (positions restart at 0 for each)."""
-    lengths = []
-    for row in position_ids.reshape(-1, position_ids.shape[-1]).tolist():
-        starts = [i for i, p in enumerate(row) if p == 0] or [0]
-        lengths += [b - a for a, b in zip(starts, [*starts[1:], len(row)], strict=True)]
-    return lengths
+def optimizer_mib(optimizer: Any) -> float:
+    """The optimizer's state tensors (AdamW: two moments per trained weight)."""
+    return tensor_mib(v for state in optimizer.state.values() for v in state.values()
+                      if hasattr(v, "element_size") and v.dim() > 0)
 
 
 class ModelShape:

@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import optimizer_mib, rss_mib, tensor_mib  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("full", "lora", "qlora")
 WIDE = {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
@@ -43,13 +46,6 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"]}
 def _folder_mib(path: Path) -> float:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files) / 2**20
-
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def make_base(folder: Path) -> None:
@@ -101,17 +97,14 @@ def child(mode: str, base: Path, steps: int, warmup: int, out: Path) -> None:
             Path("/proc/self/clear_refs").write_text("5")
 
         def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
-            self.grads = sum(p.grad.numel() * p.grad.element_size()
-                             for p in module.model.parameters() if p.grad is not None) / 2**20
+            self.grads = tensor_mib(p.grad for p in module.model.parameters()
+                                    if p.grad is not None)
 
         def on_train_end(self, trainer, module) -> None:
-            self.train_peak = _status_mib("VmHWM")
+            self.train_peak = rss_mib("VmHWM")
             # the tensors training keeps, as stored (a 4-bit weight: its packed bytes)
-            params = list(module.model.parameters())
-            self.weights = sum(p.numel() * p.element_size() for p in params) / 2**20
-            states = trainer.optimizers[0].state.values()
-            self.optimizer = sum(v.numel() * v.element_size() for st in states
-                                 for v in st.values() if torch.is_tensor(v)) / 2**20
+            self.weights = tensor_mib(module.model.parameters())
+            self.optimizer = optimizer_mib(trainer.optimizers[0])
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
             step = trainer.global_step

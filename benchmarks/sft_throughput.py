@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import ModelShape, document_lengths, gemm_flops_per_s, rss_mib, tensor_mib  # noqa: E402
+from _measure import ModelShape, gemm_flops_per_s, optimizer_mib, rss_mib, tensor_mib  # noqa: E402
+
+from tempering.train.packed_attention import document_bounds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"  # read in place, never copied into the repository
@@ -86,9 +88,7 @@ class Meter:
     def optimizer(self, optimizer: Any) -> None:
         """After the first optimizer step: its state (AdamW: two moments per weight)."""
         if "optimizer_mib" not in self.memory and optimizer.state:
-            self.memory["optimizer_mib"] = tensor_mib(
-                v for st in optimizer.state.values() for v in st.values()
-                if hasattr(v, "element_size") and v.dim() > 0)
+            self.memory["optimizer_mib"] = optimizer_mib(optimizer)
 
     def train_start(self) -> None:
         self.rss_start = rss_mib()
@@ -110,7 +110,8 @@ class Meter:
                 # padding (at the end of tempering's rows) is not useful work
                 documents = []
                 for ids, pos in zip(input_ids, position_ids.reshape(input_ids.shape), strict=True):
-                    documents += document_lengths(pos[: int((ids != PAD_ID).sum())][None])
+                    row = pos[: int((ids != PAD_ID).sum())][None]
+                    documents += [end - start for start, end in document_bounds(row)[0]]
                 self.flops += self.shape.flops(tokens, documents, supervised)
 
     def step_end(self, step: int, loss: float) -> None:

@@ -99,10 +99,8 @@ def test_adapters_saved_alone_load_as_their_base_with_the_adapters_merged(tiny_r
 
     with pytest.raises(RecipeError, match="a model.init: random base exists only in this run"):
         run_recipe(load_recipe(_lora(tiny_recipe, merge=False)))
-    base = tmp_path / "base"  # a pretrained base on disk, as adapters are trained on
-    load_causal_lm(load_recipe(tiny_recipe).model, seed=3).save_pretrained(base)
-    load_fast_tokenizer(ModelConfig()).save_pretrained(base)
-    tiny_recipe["model"] = {"name_or_path": str(base)}
+    base = _saved_base(tiny_recipe, tmp_path / "base")  # adapters train on a base on disk
+    tiny_recipe["model"] = {"name_or_path": base}
     merged = Path(run_recipe(load_recipe(_lora(tiny_recipe)))["final_model"])
     alone = _lora(tiny_recipe, merge=False)
     alone["train"] = {**alone["train"], "output_dir": str(tmp_path / "alone")}
@@ -193,13 +191,10 @@ def test_sharded_strategies_are_refused_with_adapters(tiny_recipe):
 
 def test_rounds_of_adapters_saved_alone_train_on_from_the_previous_rounds_model(tiny_recipe,
                                                                                 tmp_path):
-    from tempering.models import load_causal_lm, load_fast_tokenizer
+    from tempering.models import load_causal_lm
     from tempering.pipeline.run import run_pipeline
 
-    base = tmp_path / "base"
-    load_causal_lm(load_recipe(tiny_recipe).model, seed=3).save_pretrained(base)
-    load_fast_tokenizer(ModelConfig()).save_pretrained(base)
-    tiny_recipe["model"] = {"name_or_path": str(base)}
+    tiny_recipe["model"] = {"name_or_path": _saved_base(tiny_recipe, tmp_path / "base")}
     tiny_recipe["eval"]["before_training"] = True
     tiny_recipe["trainer"]["max_steps"] = 3
     summary = run_pipeline(load_recipe({**_lora(tiny_recipe, merge=False), "rounds": 2}))

@@ -5,7 +5,6 @@ refused or left on the mask where it would not be exact."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from tempering.train.packed_attention import (
     use_documents,
     use_sdpa,
 )
+from tests.train.test_driver import _weights
 
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300,
@@ -103,12 +103,6 @@ def test_sliding_windows_and_other_kernels_are_not_switched():
     eager.set_attn_implementation("eager")
     assert not supports_documents(eager)
     assert not supports_documents(_model("gemma"))  # not checked here: left on the mask
-
-
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(run / "final" / "model.safetensors")
 
 
 def test_a_packed_run_trains_the_same_weights_with_documents_as_with_the_mask(tiny_recipe,
