@@ -68,7 +68,7 @@ class PlanLoader:
         self.lengths: list[int] = dataset["length"][:]
         self.supervised: list[int] = dataset["num_supervised"][:]
         self._resume: dict[str, int] | None = None
-        self._cached: tuple[tuple[int, int], list[list[list[int]]]] | None = None
+        self._cached: tuple[tuple[int, int, int], list[list[list[int]]]] | None = None
 
     def _world(self) -> tuple[int, int, int]:
         trainer = self.dm.trainer
@@ -83,14 +83,22 @@ class PlanLoader:
     def _plan(self) -> list[list[list[int]]]:
         return self.plan(self._world()[1])
 
+    def _whole_windows(self) -> int:
+        """DeepSpeed counts accumulation windows across epochs: each epoch is whole windows."""
+        trainer = self.dm.trainer
+        if not self.train or trainer is None or not trainer.strategy.handles_gradient_accumulation:
+            return 1
+        return int(trainer.accumulate_grad_batches)
+
     def plan(self, world_size: int) -> list[list[list[int]]]:
         """This epoch's global plan of micro-batches for ``world_size`` ranks."""
-        key = (self._epoch(), world_size)
+        key = (self._epoch(), world_size, self._whole_windows())
         if self._cached is None or self._cached[0] != key:
             d = self.dm.recipe.data
             plan = plan_epoch(self.lengths, batch_size=d.batch_size, max_length=d.max_length,
                               packing=d.packing, group_by_length=d.group_by_length and self.train,
-                              seed=self.dm.recipe.train.seed, epoch=key[0], world_size=key[1])
+                              seed=self.dm.recipe.train.seed, epoch=key[0], world_size=key[1],
+                              whole_windows=key[2])
             self._cached = (key, plan)
         return self._cached[1]
 

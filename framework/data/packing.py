@@ -43,12 +43,15 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
 
 
 def plan_epoch(lengths: Sequence[int], *, batch_size: int, max_length: int, packing: bool,
-               group_by_length: bool, seed: int, epoch: int, world_size: int) -> list[list[list[int]]]:
+               group_by_length: bool, seed: int, epoch: int, world_size: int,
+               whole_windows: int = 1) -> list[list[list[int]]]:
     """The epoch's micro-batches: a multiple of ``world_size`` of them, every example in one.
 
     When the micro-batches do not divide evenly among the ranks, the last round is completed
     with empty micro-batches (``[]``: no rows, nothing supervised) instead of dropping data, so
-    every example is trained (and validated) each epoch on any number of ranks.
+    every example is trained (and validated) each epoch on any number of ranks. With
+    ``whole_windows`` (the accumulation steps, for DeepSpeed, whose accumulation windows run
+    across epochs) each rank's share is completed to whole windows the same way.
     """
     rng = random.Random(seed * 100_003 + epoch)
     if packing:
@@ -65,7 +68,7 @@ def plan_epoch(lengths: Sequence[int], *, batch_size: int, max_length: int, pack
     batches = [rows[s:s + batch_size] for s in range(0, len(rows), batch_size)]
     if group_by_length or packing:
         rng.shuffle(batches)
-    return batches + [[] for _ in range(-len(batches) % world_size)]
+    return batches + [[] for _ in range(-len(batches) % (world_size * whole_windows))]
 
 
 def window_totals(plan: list[list[list[int]]], supervised: Sequence[int], *, world_size: int,

@@ -129,12 +129,15 @@ def _quiet_peft() -> Iterator[None]:
 
 
 def _numel(p: torch.Tensor) -> int:
+    if hasattr(p, "ds_numel"):  # a ZeRO-3 partition: the whole tensor's size
+        return int(p.ds_numel)
     shape = getattr(getattr(p, "quant_state", None), "shape", None)  # 4-bit: 2 per byte stored
     return int(torch.Size(shape).numel()) if shape is not None else p.numel()
 
 
 def parameter_counts(model: Any) -> dict[str, int]:
-    """Trainable and total parameters (a 4-bit weight counts its unpacked size)."""
+    """Trainable and total parameters (a 4-bit weight counts its unpacked size, a ZeRO-3
+    partition its whole tensor)."""
     trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
     return {"trainable_parameters": trainable,
             "total_parameters": sum(_numel(p) for p in model.parameters())}

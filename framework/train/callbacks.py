@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 
 from tempering.train.module import is_window_end
 from tempering.train.optim import grad_norm
+from tempering.train.zero import is_zero, zero_grad_norm
 
 __all__ = ["PerfLogger"]
 
@@ -17,7 +18,7 @@ class PerfLogger(pl.Callback):
     """Logs ``perf/tokens_per_s`` and ``perf/supervised_tokens_per_s`` once per optimizer step
     (the window's tokens over all ranks, from the batch plan, over the step's wall time) and
     ``train/grad_norm`` before each optimizer step (under FSDP the shards' squares are summed
-    over ranks)."""
+    over ranks; under DeepSpeed, the norm its optimizer step computed)."""
 
     def __init__(self) -> None:
         self._started: float | None = None
@@ -33,6 +34,10 @@ class PerfLogger(pl.Callback):
             return
         elapsed = time.perf_counter() - (self._started or time.perf_counter())
         self._started = None
+        if is_zero(trainer):  # computed by DeepSpeed inside its optimizer step, before clipping
+            norm = zero_grad_norm(trainer)
+            if norm is not None:
+                pl_module.log("train/grad_norm", norm, batch_size=1)
         if elapsed > 0:
             pl_module.log_dict({
                 "perf/tokens_per_s": batch["num_window_all_tokens"].float() / elapsed,
@@ -42,6 +47,9 @@ class PerfLogger(pl.Callback):
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: Any) -> None:
         from lightning.pytorch.strategies import FSDPStrategy
+
+        if is_zero(trainer):  # called every micro-batch; the gradients live in ZeRO's buffers
+            return
 
         def summed(t: Any) -> Any:
             return trainer.strategy.reduce(t.to(pl_module.device), reduce_op="sum")

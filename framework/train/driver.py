@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 from tempering.console import StepProgressBar
 from tempering.data.datamodule import ConversationDataModule
@@ -68,11 +69,14 @@ def build_strategy(spec: dict[str, Any]) -> Any:
     by dotted path (``transformers.models.llama.modeling_llama.LlamaDecoderLayer``).
     """
     from lightning.pytorch import strategies
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    from tempering.train.zero import ZeroStrategy
 
     kwargs = dict(spec)
     name = kwargs.pop("name", None)
     classes = {"fsdp": strategies.FSDPStrategy, "ddp": strategies.DDPStrategy,
-               "deepspeed": strategies.DeepSpeedStrategy}
+               "deepspeed": ZeroStrategy}
     if name not in classes:
         raise RecipeError(f"trainer.strategy.name: {name!r} is not one of {', '.join(classes)}")
     for key in ("auto_wrap_policy", "activation_checkpointing_policy"):
@@ -82,6 +86,9 @@ def build_strategy(spec: dict[str, Any]) -> Any:
         return classes[name](**kwargs)
     except TypeError as exc:
         raise RecipeError(f"trainer.strategy: {exc}") from None
+    except MisconfigurationException as exc:  # DeepSpeed not installed
+        raise RecipeError(f"trainer.strategy: {exc}; pip install 'tempering[deepspeed]'"
+                          ) from None
 
 
 def _callbacks(recipe: Recipe, output_dir: Path) -> list[Any]:
@@ -125,10 +132,15 @@ def _evaluate(module: CausalLMModule, dm: ConversationDataModule, recipe: Recipe
             "turns": evaluate_turns(module.model, dm, recipe, tokenizer, registry)}
 
 
-def _gathered_state_dict(trainer: pl.Trainer) -> dict[str, Any] | None:
-    """The full model state dict under FSDP (a collective: every rank calls it), else None."""
+def _gathered_state_dict(trainer: pl.Trainer, module: CausalLMModule) -> dict[str, Any] | None:
+    """The full model state dict under FSDP or DeepSpeed (a collective: every rank calls it),
+    else None."""
     from lightning.pytorch.strategies import FSDPStrategy
 
+    from tempering.train.zero import full_state_dict, is_zero
+
+    if is_zero(trainer):
+        return full_state_dict(trainer, module.model, _saved_dtype(module.recipe))
     if not isinstance(trainer.strategy, FSDPStrategy):
         return None
     from torch.distributed.fsdp import FullStateDictConfig, StateDictType
@@ -140,6 +152,14 @@ def _gathered_state_dict(trainer: pl.Trainer) -> dict[str, Any] | None:
     with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
         full = root.state_dict()
     return {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
+
+
+def _saved_dtype(recipe: Recipe) -> torch.dtype:
+    """The dtype of the final weights from DeepSpeed's fp32 masters: ``model.dtype`` as the
+    recipe names it (``auto``: float32, the masters' own)."""
+    from tempering.models import _DTYPES
+
+    return _DTYPES.get(recipe.model.dtype, torch.float32)
 
 
 def _save_final(module: CausalLMModule, tokenizer: Any, dm: ConversationDataModule, output_dir: Path,
@@ -405,7 +425,7 @@ def run_recipe(recipe: Recipe, callbacks: list[Any] | None = None) -> dict[str, 
         trainer.validate(module, datamodule=dm, verbose=False)  # held-out loss of the final weights
         metrics.update(_scalars(trainer.callback_metrics))
     summary.update(metrics)
-    gathered = _gathered_state_dict(trainer) if recipe.train.save_final else None  # all ranks
+    gathered = _gathered_state_dict(trainer, module) if recipe.train.save_final else None
     if trainer.is_global_zero:
         _finish(trainer, module, dm, recipe, tokenizer, registry, logger, summary, output_dir,
                 gathered)

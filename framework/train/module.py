@@ -31,6 +31,7 @@ from tempering.train.losses import (
 from tempering.train.optim import check_update_precision, decay_groups, no_decay_names
 from tempering.train.packed_attention import choose_packed_attention, use_sdpa
 from tempering.train.regional_compile import compile_layers
+from tempering.train.zero import is_partitioned, is_zero, offloads_optimizer
 
 __all__ = ["CausalLMModule", "is_window_end", "lr_lambda"]
 
@@ -90,6 +91,7 @@ class CausalLMModule(pl.LightningModule):
         self._param_names: set[str] = set()
         self._no_decay: set[str] = set()
         self._parity_pending = False
+        self._teacher_parity_pending = False
         # The peft wrapper of LoRA adapters (``model.lora``): kept out of the module's children
         # (the adapters live inside ``self.model``), used to save and merge them.
         object.__setattr__(self, "adapters", None)
@@ -120,8 +122,10 @@ class CausalLMModule(pl.LightningModule):
 
         teacher.requires_grad_(False)
         self.teacher = teacher.eval()
-        if _checkable_now(teacher):
+        if _checkable_now(teacher) and not is_partitioned(teacher):
             check_logit_parity(teacher)
+        else:
+            self._teacher_parity_pending = True
 
     def train(self, mode: bool = True) -> CausalLMModule:
         super().train(mode)
@@ -180,8 +184,9 @@ class CausalLMModule(pl.LightningModule):
         from tempering.train.logit_check import check_logit_parity
         from tempering.train.optim import clean_name
 
-        # Kernels that cannot run here (flash attention) are checked on the first step.
-        self._parity_pending = not _checkable_now(self.model)
+        # Kernels that cannot run here (flash attention), and ZeRO-3 partitions (whose weights
+        # are gathered only inside the engine), are checked on the first step.
+        self._parity_pending = not _checkable_now(self.model) or is_partitioned(self.model)
         if not self._parity_pending:
             check_logit_parity(self.model)
         if self.recipe.model.lora is not None:
@@ -220,11 +225,14 @@ class CausalLMModule(pl.LightningModule):
                            self.loss_chunk_size, self.teacher, self.recipe.train.teacher_tail)
 
     def _loss(self, batch: Batch) -> LossOutput:
-        if self._parity_pending:  # every rank, on the first micro-batch (a forward of its own)
+        if self._parity_pending or self._teacher_parity_pending:
+            # every rank, on the first micro-batch (a forward of its own)
             from tempering.train.logit_check import check_logit_parity
 
-            check_logit_parity(self.model)
-            self._parity_pending = False
+            for model in [self.model] * self._parity_pending + [self.teacher] * (
+                    self._teacher_parity_pending and self.teacher is not None):
+                check_logit_parity(model)
+            self._parity_pending = self._teacher_parity_pending = False
         out = self.pm.hook.compute_loss(context=self.loss_context(), batch=batch)
         if out is None:
             raise RuntimeError("no compute_loss plugin returned a loss")
@@ -320,7 +328,8 @@ class CausalLMModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.recipe.optim
-        frozen = check_update_precision(
+        # DeepSpeed updates fp32 master weights whatever the precision of the model's copy.
+        frozen = [] if is_zero(self.trainer) else check_update_precision(
             self.model.named_parameters(), o.lr,
             self._sum_over_ranks if self.trainer.world_size > 1 else None)
         if frozen:
@@ -330,7 +339,12 @@ class CausalLMModule(pl.LightningModule):
                 "which then barely train; fp32 master weights (bf16-mixed) avoid it")
         groups = decay_groups(self.model.named_parameters(), self._no_decay, self._param_names,
                               o.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        adamw = torch.optim.AdamW
+        if is_zero(self.trainer) and offloads_optimizer(self.trainer):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam  # the same AdamW, on the CPU
+
+            adamw = DeepSpeedCPUAdam
+        optimizer = adamw(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = o.warmup_steps or int(o.warmup_ratio * total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -39,9 +39,12 @@ def clean_name(name: str) -> str:
 
 
 def no_decay_names(model: torch.nn.Module) -> set[str]:
-    """Names of the parameters that get no weight decay: norms, biases and other 1-D ones."""
+    """Names of the parameters that get no weight decay: norms, biases and other 1-D ones.
+
+    A ZeRO-3 partition is a flat tensor on every rank: its shape is the whole tensor's
+    ``ds_shape``."""
     return {clean_name(n) for n, p in model.named_parameters()
-            if p.ndim < 2 or "norm" in n.lower()}
+            if len(getattr(p, "ds_shape", p.shape)) < 2 or "norm" in n.lower()}
 
 
 def decay_groups(named: Iterable[tuple[str, torch.nn.Parameter]], no_decay: set[str],
@@ -57,8 +60,9 @@ def decay_groups(named: Iterable[tuple[str, torch.nn.Parameter]], no_decay: set[
             raise ValueError(f"parameter {name!r} ({key!r}) is not a parameter of the model as "
                              "loaded; cannot decide its weight-decay group")
         (plain if key in no_decay else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": plain, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]  # DeepSpeed drops empty groups, the scheduler not
 
 
 def check_update_precision(named: Iterable[tuple[str, torch.nn.Parameter]], lr: float,
