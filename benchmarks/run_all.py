@@ -31,6 +31,17 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
                                        "--steps", "24", "--warmup", "4", "--repeats", "1",
                                        "--name", "sft_throughput_131k"],
                  ["sft_throughput_131k"], "the same at width 256 and a 131k vocabulary"),
+    "sft-trl-defaults": ("sft_throughput.py", ["--trl-defaults", "--name",
+                                               "sft_throughput_trl_defaults"],
+                         ["sft_throughput_trl_defaults"],
+                         "the same against TRL with its own defaults (no packing, bf16 "
+                         "autocast, gradient checkpointing)"),
+    "sft-131k-trl-defaults": ("sft_throughput.py", ["--trl-defaults", "--rows", "8", "--hidden",
+                                                    "256", "--vocab", "131072", "--steps", "24",
+                                                    "--warmup", "4", "--repeats", "1", "--name",
+                                                    "sft_throughput_131k_trl_defaults"],
+                              ["sft_throughput_131k_trl_defaults"],
+                              "width 256 and a 131k vocabulary against TRL's defaults"),
     "sft-compile": ("sft_throughput.py", ["--compile", "--steps", "200", "--repeats", "1",
                                           "--name", "sft_throughput_compile"],
                     ["sft_throughput_compile"], "the same with tempering's train.compile"),
@@ -83,7 +94,9 @@ def report(out: Path, timings: dict[str, float]) -> str:
              "Written by `python benchmarks/run_all.py`. Each section is one benchmark's own "
              "table, with the command that produced it and when its results were written.", "",
              "## Summary", ""]
-    lines += [line for stem in ("sft_throughput", "sft_throughput_131k", "sft_throughput_compile")
+    lines += [line for stem in ("sft_throughput", "sft_throughput_131k",
+                                "sft_throughput_trl_defaults",
+                                "sft_throughput_131k_trl_defaults", "sft_throughput_compile")
               if (line := _sft_line(out, stem))]
     if timings:
         lines += ["", "This run: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())]

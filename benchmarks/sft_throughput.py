@@ -99,9 +99,12 @@ class Meter:
         except OSError:
             pass
 
-    def batch(self, steps_done: int, input_ids: Any, labels: Any, position_ids: Any) -> None:
+    def batch(self, steps_done: int, input_ids: Any, labels: Any, position_ids: Any,
+              attention_mask: Any = None) -> None:
+        """A micro-batch: packed rows (``position_ids``) or padded ones (``attention_mask``)."""
         if steps_done >= self.warmup:
-            tokens = int((input_ids != PAD_ID).sum())
+            real = attention_mask.bool() if attention_mask is not None else input_ids != PAD_ID
+            tokens = int(real.sum())
             supervised = int((labels[:, 1:] != -100).sum())
             self.tokens += tokens
             self.positions += input_ids.numel()
@@ -109,7 +112,10 @@ class Meter:
             if self.shape is not None:
                 # padding (at the end of tempering's rows) is not useful work
                 documents = []
-                for ids, pos in zip(input_ids, position_ids.reshape(input_ids.shape), strict=True):
+                if position_ids is None:  # a padded row is one conversation
+                    documents = [int(n) for n in real.sum(dim=1)]
+                for ids, pos in zip(input_ids, [] if position_ids is None else
+                                    position_ids.reshape(input_ids.shape), strict=False):
                     row = pos[: int((ids != PAD_ID).sum())][None]
                     documents += [end - start for start, end in document_bounds(row)[0]]
                 self.flops += self.shape.flops(tokens, documents, supervised)
@@ -190,6 +196,9 @@ def load_messages(s: dict[str, Any]) -> list[list[dict[str, str]]]:
 
 def run_tempering(s: dict[str, Any], work: Path) -> dict[str, Any]:
     started = time.perf_counter()
+    # tempering imports datasets when it first tokenizes; TRL's run imports it up front. Here
+    # too, so that data_prep_s times reading, tokenizing and packing, not an import.
+    import datasets  # noqa: F401
     import lightning.pytorch as pl
 
     from tempering.recipe import load_recipe
@@ -261,7 +270,7 @@ def run_trl(s: dict[str, Any], work: Path) -> dict[str, Any]:
         def compute_loss(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
             meter.model_ready(model)
             meter.batch(self.state.global_step, inputs["input_ids"], inputs["labels"],
-                        inputs["position_ids"])
+                        inputs.get("position_ids"), inputs.get("attention_mask"))
             out = super().compute_loss(model, inputs, *args, **kwargs)
             # divided by the whole step's supervised tokens: summed over the step's micro-batches
             # it is the step's token mean, as tempering's
@@ -297,21 +306,26 @@ def run_trl(s: dict[str, Any], work: Path) -> dict[str, Any]:
         setattr(model_config, key, value)
     model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32,
                                              attn_implementation="sdpa")
+    if s.get("trl_defaults"):
+        # TRL as it comes: no packing (each micro-batch padded to its longest conversation),
+        # bf16 autocast and gradient checkpointing; --rows conversations per step.
+        layout: dict[str, Any] = {}
+    else:
+        # bfd packing implies padding-free: a micro-batch of packed rows is flattened into one
+        # sequence. TRL defaults to bf16 autocast and gradient checkpointing; tempering's recipe
+        # trains in float32 without checkpointing, so both are off for a like-for-like run.
+        layout = {"packing": True, "packing_strategy": "bfd", "bf16": False,
+                  "gradient_checkpointing": False}
     config = SFTConfig(
         output_dir=str(work / "run"), max_steps=s["steps"], seed=0,
-        # bfd packing is TRL's default and implies padding-free: a micro-batch of packed rows is
-        # flattened into one sequence. --trl-split N feeds the same rows in N micro-batches.
+        # --trl-split N feeds the step's rows in N micro-batches
         per_device_train_batch_size=s["rows"] // s["trl_split"],
         gradient_accumulation_steps=s["trl_split"],
-        max_length=s["max_length"], packing=True, packing_strategy="bfd",
-        assistant_only_loss=True,
+        max_length=s["max_length"], assistant_only_loss=True,
         learning_rate=s["lr"], lr_scheduler_type="cosine", warmup_steps=s["lr_warmup"],
         optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
-        # TRL defaults to bf16 autocast and gradient checkpointing; tempering's recipe trains in
-        # float32 without checkpointing, so both are off here for a like-for-like run.
-        bf16=False, gradient_checkpointing=False,
         use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
-        dataloader_num_workers=0, disable_tqdm=True, logging_steps=50)
+        dataloader_num_workers=0, disable_tqdm=True, logging_steps=50, **layout)
     init = time.perf_counter()
     trainer = CountingSFTTrainer(model=model, args=config, train_dataset=ds,
                                  processing_class=tokenizer, callbacks=[Timing()])
@@ -401,8 +415,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"{m['lightning']}. Bundled tiny Llama{_shape(s)} (random init, float32, SDPA); the first "
         f"{s['alpaca']} alpaca records + {s['chats']} ShareGPT conversations, ChatML, loss on "
         f"assistant tokens, packed into rows of {s['max_length']} tokens, {s['rows']} rows per "
-        f"optimizer step (TRL: {s['trl_split']} micro-batch(es), each flattened padding-free); "
-        f"{s['steps']} steps, the first {s['warmup']} not timed; best of {s['repeats']} run(s)."
+        + (f"optimizer step; TRL with its defaults: no packing ({s['rows']} conversations "
+           "a step, each micro-batch padded to its longest), bf16 autocast, gradient "
+           "checkpointing; " if s.get("trl_defaults") else
+           f"optimizer step (TRL: {s['trl_split']} micro-batch(es), each flattened "
+           "padding-free); ")
+        + f"{s['steps']} steps, the first {s['warmup']} not timed; best of {s['repeats']} run(s)."
         + (" tempering with `train.compile: true` (its decoder layers compiled; the compile "
            "time falls in the untimed first steps)." if s.get("compile") else ""),
         "", "| metric | tempering | TRL | tempering / TRL |", "| --- | ---: | ---: | ---: |"]
@@ -432,6 +450,8 @@ def main() -> None:
     p.add_argument("--name", default="sft_throughput", help="file name of the results")
     p.add_argument("--compile", action="store_true",
                    help="tempering with train.compile (its compile time is in setup + warmup)")
+    p.add_argument("--trl-defaults", action="store_true",
+                   help="TRL with its own defaults (no packing, bf16 autocast, checkpointing)")
     p.add_argument("--repeats", type=int, default=2, help="runs per framework, alternating")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--child", choices=FRAMEWORKS, help=argparse.SUPPRESS)
@@ -445,7 +465,8 @@ def main() -> None:
     settings = {"steps": a.steps, "warmup": a.warmup, "rows": a.rows, "trl_split": a.trl_split,
                 "alpaca": a.alpaca, "chats": a.chats, "threads": a.threads, "repeats": a.repeats,
                 "max_length": 512, "lr": 1e-3, "lr_warmup": 10, "hidden": a.hidden,
-                "layers": a.layers, "vocab": a.vocab, "compile": a.compile}
+                "layers": a.layers, "vocab": a.vocab, "compile": a.compile,
+                "trl_defaults": a.trl_defaults}
     runs: dict[str, list[dict[str, Any]]] = {f: [] for f in FRAMEWORKS}
     for _ in range(a.repeats):  # alternate, so that a slow spell of the machine hits both
         for framework in FRAMEWORKS:
