@@ -163,6 +163,17 @@ class CausalLMModule(pl.LightningModule):
             own = self.state_dict()
             state.update({k: v for k, v in own.items() if k.startswith("model.") and k not in state})
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        # DeepSpeed restores the module from its own checkpoint files before on_load_checkpoint
+        # could add the teacher's weights, and its checkpoints leave the frozen teacher out: the
+        # teacher keeps the weights it was loaded with, every other key is still required.
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith("teacher.")]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"loading {type(self).__name__}: missing keys {missing[:5]}, "
+                               f"unexpected keys {result.unexpected_keys[:5]}")
+        return result
+
     def _check_base(self, saved: list[float]) -> None:
         from tempering.train.adapters import base_fingerprint
 

@@ -16,7 +16,8 @@
   (``HfDeepSpeedConfig``), which partitions the weights as they load, pretrained or not.
 - **The final model in full precision.** The saved weights are DeepSpeed's fp32 master copies
   (gathered from every rank), cast to ``model.dtype``, not the 16-bit compute copies.
-- **No frozen teacher in checkpoints** (``exclude_frozen_parameters`` on by default).
+- **No frozen teacher in checkpoints** (``exclude_frozen_parameters`` on by default, tied
+  weights included); on resume the teacher keeps the weights it was loaded with.
 - **Optimizer offload** (``offload_optimizer: true``) steps with DeepSpeed's CPU AdamW.
 
 Lightning runs DeepSpeed on CUDA devices only.
@@ -71,6 +72,25 @@ class ZeroStrategy(DeepSpeedStrategy):
             # at trainer.gradient_clip_val, as Lightning configures it.
             warnings.filterwarnings("ignore", message="Since DeepSpeed handles gradient clipping")
             super().init_deepspeed()
+
+    def save_checkpoint(self, checkpoint: dict, filepath: Any,
+                        storage_options: Any = None) -> None:
+        # DeepSpeed leaves frozen parameters out by name, but a tied one (a teacher's LM head
+        # sharing its embedding) appears under a second name that it keeps: drop every name.
+        module = self.lightning_module
+        assert module is not None
+        frozen = {name for name, p in module.named_parameters(remove_duplicate=False)
+                  if not p.requires_grad} if self.exclude_frozen_parameters else set()
+
+        def drop_frozen(mod: Any, state: dict, prefix: str, metadata: Any) -> None:
+            for name in frozen:
+                state.pop(prefix + name, None)
+
+        handle = module.register_state_dict_post_hook(drop_frozen)
+        try:
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+        finally:
+            handle.remove()
 
     def teardown(self) -> None:
         super().teardown()

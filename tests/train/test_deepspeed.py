@@ -29,6 +29,7 @@ from tests.conftest import run_cli
 
 RUNNER = Path(__file__).with_name("deepspeed_on_cpu.py")
 ZERO3 = "trainer.strategy={name: deepspeed, stage: 3}"
+ZERO2 = "trainer.strategy={name: deepspeed, stage: 2}"
 ZERO2_OFFLOAD = "trainer.strategy={name: deepspeed, stage: 2, offload_optimizer: true}"
 TWO_RANKS = ("data.batch_size=1", "trainer.devices=2")
 
@@ -102,7 +103,8 @@ def test_zero2_and_a_resumed_zero3_on_two_ranks_match_one_process(tiny_recipe, t
 @pytest.mark.slow
 def test_distillation_with_a_zero3_partitioned_teacher_matches_one_process(tiny_recipe,
                                                                           tmp_path):
-    """The teacher is loaded partitioned too, and its logit check waits for the first step."""
+    """The teacher is loaded partitioned too, and its logit check waits for the first step;
+    under ZeRO-2 it stays out of the checkpoint and a resumed run ends where one run does."""
     pytest.importorskip("deepspeed")
     recipe = _recipe(tiny_recipe, tmp_path)
     teacher = _saved(ModelConfig(**{**tiny_recipe["model"],
@@ -113,6 +115,14 @@ def test_distillation_with_a_zero3_partitioned_teacher_matches_one_process(tiny_
     single = run_cli(recipe, tmp_path, "single", "data.batch_size=2")
     zero3 = _zero_run(recipe, tmp_path, "zero3", *TWO_RANKS, ZERO3)
     _same_training(zero3, single)
+    # ZeRO-2 checkpoints hold the whole module, less the frozen teacher: a resume keeps the
+    # teacher it loaded (it failed on the missing keys before)
+    _zero_run(recipe, tmp_path, "zero2", *TWO_RANKS, ZERO2, "trainer.max_steps=2")
+    states = torch.load(next((tmp_path / "zero2" / "checkpoints").rglob("*model_states.pt")),
+                        map_location="cpu", weights_only=False)
+    assert states["module"] and not [k for k in states["module"] if k.startswith("teacher.")]
+    zero2 = _zero_run(recipe, tmp_path, "zero2", *TWO_RANKS, ZERO2, "train.resume_from=last")
+    _same_training(zero2, single)
 
 
 # -- the pieces, without a run -------------------------------------------------------------
