@@ -36,6 +36,13 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
                          ["sft_throughput_trl_defaults"],
                          "the same against TRL with its own defaults (no packing, bf16 "
                          "autocast, gradient checkpointing)"),
+    "sft-d256-8k-trl-defaults": ("sft_throughput.py", ["--trl-defaults", "--rows", "8",
+                                                       "--hidden", "256", "--vocab", "8192",
+                                                       "--steps", "40", "--warmup", "5",
+                                                       "--repeats", "1", "--name",
+                                                       "sft_throughput_d256_8k_trl_defaults"],
+                                 ["sft_throughput_d256_8k_trl_defaults"],
+                                 "width 256 and an 8k vocabulary against TRL's defaults"),
     "sft-131k-trl-defaults": ("sft_throughput.py", ["--trl-defaults", "--rows", "8", "--hidden",
                                                     "256", "--vocab", "131072", "--steps", "24",
                                                     "--warmup", "4", "--repeats", "1", "--name",
@@ -95,7 +102,7 @@ def report(out: Path, timings: dict[str, float]) -> str:
              "table, with the command that produced it and when its results were written.", "",
              "## Summary", ""]
     lines += [line for stem in ("sft_throughput", "sft_throughput_131k",
-                                "sft_throughput_trl_defaults",
+                                "sft_throughput_trl_defaults", "sft_throughput_d256_8k_trl_defaults",
                                 "sft_throughput_131k_trl_defaults", "sft_throughput_compile")
               if (line := _sft_line(out, stem))]
     if timings:

@@ -110,7 +110,8 @@ TINY_TEACHER = ["teacher.name_or_path=bundled:tiny-llama", "teacher.init=random"
 @pytest.mark.parametrize(("name", "extra"), [
     ("sft-qwen2.5-0.5b", []), ("sft-llama3-8b-fsdp", []), ("sft-llama3-8b-zero3", []),
     ("distill-llama3-8b-to-1b-fsdp", TINY_TEACHER),
-    ("distill-llama3-8b-to-1b-zero2", TINY_TEACHER)])
+    ("distill-llama3-8b-to-1b-zero2", TINY_TEACHER),
+    ("distill-qwen2.5-1.5b-to-0.5b-ddp", TINY_TEACHER)])
 def test_real_model_recipes_run_on_cpu_with_the_tiny_model_swapped_in(name, extra, tmp_path):
     """Only the models, data location and hardware change; everything else runs as written."""
     from tempering.train.driver import run_recipe
