@@ -30,15 +30,32 @@ def _highlight(tokenizer: Any, ids: list[int], labels: list[int], color: bool) -
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from tempering.components import KINDS
-    from tempering.plugin_manager import build_plugin_manager, build_registry
+    from tempering.plugin_check import check_plugins, plugin_sources
+    from tempering.plugin_manager import ComponentError, build_plugin_manager, build_registry
 
-    registry = build_registry(build_plugin_manager(args.plugin))
+    if args.check:
+        checked = check_plugins(args.plugin)
+        count = len(checked.sources)
+        others = sum(1 for s in checked.sources.values() if s.package != "tempering")
+        print(f"{count} plugins loaded ({others} not built in): "
+              f"{len(checked.problems) or 'no'} problem{'s' * (len(checked.problems) != 1)}")
+        for problem in checked.problems:
+            print(f"  - {problem}")
+        return 1 if checked.problems else 0
+    try:  # built as a run builds it: the first problem stops it
+        pm = build_plugin_manager(args.plugin)
+        registry = build_registry(pm)
+    except ComponentError as exc:
+        raise ComponentError(f"{exc} (`tempering plugins --check` lists every problem)"
+                             ) from None
+    sources = plugin_sources(pm)
     for kind in KINDS:
         print(f"{kind.name}: {kind.description}")
         for name in registry.names(kind.name):
             component = registry.components[kind.name][name]
             provider = registry.providers[kind.name][name]
-            print(f"  {name:<18} {provider:<36} {getattr(component, 'description', '')}")
+            print(f"  {name:<18} {provider:<36} {str(sources[provider]):<20} "
+                  f"{getattr(component, 'description', '')}")
     return 0
 
 
@@ -277,8 +294,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="recipe file or bundled recipe name")
     run.add_argument("overrides", nargs="*", help="key.path=value overrides")
     run.set_defaults(fn=_cmd_run)
-    plugins = sub.add_parser("plugins", help="list registered components and their plugins")
+    plugins = sub.add_parser("plugins", help="list registered components, their plugins and "
+                                             "packages; --check reports every conflict")
     plugins.add_argument("--plugin", action="append", default=[], help="extra plugin module")
+    plugins.add_argument("--check", action="store_true",
+                         help="load every installed plugin and report every problem (exit 1 "
+                              "when there is one) instead of stopping at the first")
     plugins.set_defaults(fn=_cmd_plugins)
     check = sub.add_parser("check-template", help="verify a chat template's trained spans")
     check.add_argument("--tokenizer", required=True, help="tokenizer path (or bundled:tiny-llama)")

@@ -21,6 +21,8 @@ __all__ = [
     "build_plugin_manager",
     "build_registry",
     "closest",
+    "entry_point_package",
+    "installed_entry_points",
 ]
 
 ENTRY_POINT_GROUP = "tempering"
@@ -66,6 +68,35 @@ def _import_plugin(name: str, where: str) -> Any:
         raise ComponentError(f"cannot import plugin module {name!r} ({where}): {exc}") from exc
 
 
+def installed_entry_points() -> list[Any]:
+    """The ``tempering`` entry points of the installed packages, by name."""
+    import importlib.metadata
+
+    return sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+
+
+def entry_point_package(ep: Any) -> str:
+    """``name version`` of the package that advertises ``ep``."""
+    dist = getattr(ep, "dist", None)
+    return f"{dist.metadata['Name']} {dist.version}" if dist is not None else "(unknown package)"
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """pluggy's ``load_setuptools_entrypoints``, with a plugin that fails to import named with
+    its package instead of a traceback from inside pluggy."""
+    for ep in installed_entry_points():
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise ComponentError(
+                f"plugin {ep.name!r} ({entry_point_package(ep)}) cannot be loaded from entry "
+                f"point {ep.value!r}: {type(exc).__name__}: {exc}; fix or uninstall that "
+                "package") from exc
+        pm.register(plugin, name=ep.name)
+
+
 def build_plugin_manager(
     extra_plugins: Iterable[str | Any] = (), *, entry_points: bool = True
 ) -> pluggy.PluginManager:
@@ -80,7 +111,7 @@ def build_plugin_manager(
     for name in BUILTIN_PLUGINS:
         pm.register(_import_plugin(name, "built-in"), name=name)
     if entry_points:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        _load_entry_points(pm)
     for plugin in extra_plugins:
         if isinstance(plugin, str):
             module = _import_plugin(plugin, "listed in the recipe's plugins")
@@ -131,25 +162,43 @@ def _called(pm: pluggy.PluginManager, kind: ComponentKind) -> list[tuple[str, li
             reversed(list(zip(called, results, strict=True)))]
 
 
-def build_registry(pm: pluggy.PluginManager) -> Registry:
+def build_registry(pm: pluggy.PluginManager, problems: list[str] | None = None) -> Registry:
     """Call every kind's registration hook and index the components; duplicates name both
-    plugins. The kinds come from :data:`tempering.components.KINDS`."""
+    plugins. The kinds come from :data:`tempering.components.KINDS`.
+
+    Args:
+        pm: the plugin manager.
+        problems: when given, every problem is appended to it and the component left out,
+            instead of raising a :class:`ComponentError` at the first (``plugins --check``).
+    """
+    def fail(message: str) -> None:
+        if problems is None:
+            raise ComponentError(message)
+        problems.append(message)
+
     registry = Registry()
     for kind in KINDS:
         found: dict[str, Any] = {}
         providers: dict[str, str] = {}
-        for plugin_name, components in _called(pm, kind):
+        try:
+            called = _called(pm, kind)
+        except ComponentError as exc:
+            fail(str(exc))
+            called = []
+        except Exception as exc:  # a plugin's hook raised
+            fail(f"{kind.hook}: a plugin's implementation raised {type(exc).__name__}: {exc}")
+            called = []
+        for plugin_name, components in called:
             for component in components:
                 if not isinstance(component, kind.contract):
-                    raise ComponentError(
-                        f"plugin {plugin_name!r} returned {type(component).__name__} from "
-                        f"{kind.hook}; expected {kind.contract.__name__}")
-                if component.name in found:
-                    raise ComponentError(
-                        f"{kind.name} {component.name!r} is registered twice: by plugin "
-                        f"{providers[component.name]!r} and by plugin {plugin_name!r}")
-                found[component.name] = component
-                providers[component.name] = plugin_name
+                    fail(f"plugin {plugin_name!r} returned {type(component).__name__} from "
+                         f"{kind.hook}; expected {kind.contract.__name__}")
+                elif component.name in found:
+                    fail(f"{kind.name} {component.name!r} is registered twice: by plugin "
+                         f"{providers[component.name]!r} and by plugin {plugin_name!r}")
+                else:
+                    found[component.name] = component
+                    providers[component.name] = plugin_name
         registry.components[kind.name] = found
         registry.providers[kind.name] = providers
     return registry
