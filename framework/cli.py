@@ -9,16 +9,6 @@ from typing import Any
 
 __all__ = ["main"]
 
-_SAMPLES = [
-    [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}],
-    [{"role": "system", "content": "You are terse."},
-     {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
-    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": " Hello, how can I help?\n"},
-     {"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "1, 2, 3"},
-     {"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "You're welcome."}],
-]
-
-
 def _highlight(tokenizer: Any, ids: list[int], labels: list[int], color: bool) -> str:
     from tempering.tracking import render_trained
 
@@ -59,29 +49,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_sample(encoder: Any, tokenizer: Any, messages: list[dict[str, Any]],
-                  enc: Any) -> list[str]:
-    """Problems found in one sample's encoding ``enc`` (empty when its spans are exact)."""
-    problems = []
-    ref = tokenizer.apply_chat_template(messages, chat_template=encoder.template.jinja,
-                                        tokenize=True, **encoder.template.kwargs)["input_ids"]
-    appended = [encoder.stop_token_id] if len(enc.input_ids) == len(ref) + 1 else []
-    if list(ref) + appended != enc.input_ids:
-        problems.append("input_ids differ from tokenizer.apply_chat_template")
-    for index, start, end in enc.spans:
-        if messages[index]["content"].strip() not in enc.text[start:end]:
-            problems.append(f"message {index}: its content is not inside its span")
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant":
-            for _, start, end in enc.spans:
-                if message["content"].strip() and message["content"].strip() in enc.text[start:end]:
-                    problems.append(f"message {index} ({message['role']}) is inside a trained span")
-    return problems
-
-
 def _cmd_check_template(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
+    from tempering.chat.check import SAMPLE_CONVERSATIONS
     from tempering.chat.encoding import ConversationEncoder
     from tempering.models import loading
     from tempering.plugin_manager import build_plugin_manager, build_registry
@@ -96,19 +67,22 @@ def _cmd_check_template(args: argparse.Namespace) -> int:
                                   registry=registry,
                                   train_on_eot=args.train_on_eot, allow_split_markers=True,
                                   append_stop_token=args.append_stop_token)
+    samples = SAMPLE_CONVERSATIONS
     failures = sum(_show_sample(encoder, tokenizer, n, messages)
-                   for n, messages in enumerate(_SAMPLES, start=1))
+                   for n, messages in enumerate(samples, start=1))
     markers_ok = _markers_ok(encoder, args.allow_split_markers)
-    print(f"template {encoder.template.name!r}: {len(_SAMPLES) - failures}/{len(_SAMPLES)} "
+    print(f"template {encoder.template.name!r}: {len(samples) - failures}/{len(samples)} "
           "samples exact" + ("" if markers_ok else "; FAILED: markers split (see above)"))
     return 1 if failures or not markers_ok else 0
 
 
 def _show_sample(encoder: Any, tokenizer: Any, n: int, messages: list[dict[str, Any]]) -> bool:
     """Print one sample's trained tokens and problems; True when it has problems."""
+    from tempering.chat.check import sample_problems
+
     try:
         enc = encoder.encode(messages)
-        problems = _check_sample(encoder, tokenizer, messages, enc)
+        problems = sample_problems(encoder, tokenizer, messages, enc)
     except Exception as exc:  # a template that cannot be rendered or located
         problems, enc = [f"{type(exc).__name__}: {exc}"], None
     print(f"--- sample {n} ({len(messages)} messages): {'FAILED' if problems else 'ok'}")
