@@ -55,9 +55,6 @@ class PluginCheck:
     registry: Registry
     problems: list[str]
 
-    def describe(self, plugin: str) -> str:
-        return f"plugin {plugin!r} ({self.sources.get(plugin, NOT_INSTALLED)})"
-
 
 def module_source(module_name: str) -> Source:
     """The installed distribution that provides ``module_name``'s top-level package."""
