@@ -49,6 +49,27 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipe_schema(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tempering.hook_reference import markdown_components, markdown_hooks
+    from tempering.recipe.reference import json_schema, markdown_reference
+
+    if args.write_docs:
+        folder = Path(args.write_docs)
+        folder.mkdir(parents=True, exist_ok=True)
+        docs = {"recipe-reference.md": markdown_reference(), "hooks.md": markdown_hooks(),
+                "components.md": markdown_components(),
+                "recipe.schema.json": json.dumps(json_schema(), indent=2) + "\n"}
+        for name, text in docs.items():
+            (folder / name).write_text(text, encoding="utf-8")
+            print(f"wrote {folder / name}")
+        return 0
+    print(json.dumps(json_schema(), indent=2) if args.json else markdown_reference(), end="")
+    return 0
+
+
 def _cmd_check_template(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
@@ -291,6 +312,12 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("overrides", nargs="*")
     preview.add_argument("-n", type=int, default=3, help="examples to show")
     preview.set_defaults(fn=_cmd_preview)
+    schema = sub.add_parser("recipe-schema", help="every recipe key with its type, default and "
+                                                  "documentation; --json: a JSON Schema")
+    schema.add_argument("--json", action="store_true", help="print the JSON Schema (for editors)")
+    schema.add_argument("--write-docs", metavar="DIR", help="write the generated reference "
+                        "(recipe keys, hooks, built-in components, JSON Schema) into DIR")
+    schema.set_defaults(fn=_cmd_recipe_schema)
     recipes = sub.add_parser("recipes", help="list bundled recipes")
     recipes.set_defaults(fn=_cmd_recipes)
     serve = sub.add_parser("serve", help="an OpenAI-compatible server over a saved model "
