@@ -1,4 +1,4 @@
-"""``tempering run | plugins | check-template | preview | recipes``."""
+"""``tempering run | plugins [--check] | recipe-schema | check-template | preview | recipes | serve``."""
 
 from __future__ import annotations
 
