@@ -111,13 +111,14 @@ class Meter:
             self.supervised += supervised
             if self.shape is not None:
                 # padding (at the end of tempering's rows) is not useful work
-                documents = []
                 if position_ids is None:  # a padded row is one conversation
                     documents = [int(n) for n in real.sum(dim=1)]
-                for ids, pos in zip(input_ids, [] if position_ids is None else
-                                    position_ids.reshape(input_ids.shape), strict=False):
-                    row = pos[: int((ids != PAD_ID).sum())][None]
-                    documents += [end - start for start, end in document_bounds(row)[0]]
+                else:
+                    documents = []
+                    for ids, pos in zip(input_ids, position_ids.reshape(input_ids.shape),
+                                        strict=True):
+                        row = pos[: int((ids != PAD_ID).sum())][None]
+                        documents += [end - start for start, end in document_bounds(row)[0]]
                 self.flops += self.shape.flops(tokens, documents, supervised)
 
     def step_end(self, step: int, loss: float) -> None:

@@ -21,8 +21,14 @@ __all__ = [
     "build_plugin_manager",
     "build_registry",
     "closest",
-    "entry_point_package",
+    "NOT_INSTALLED",
+    "Source",
+    "entry_point_source",
     "installed_entry_points",
+    "load_entry_points",
+    "module_source",
+    "register_plugin",
+    "unknown_hooks",
 ]
 
 ENTRY_POINT_GROUP = "tempering"
@@ -68,6 +74,20 @@ def _import_plugin(name: str, where: str) -> Any:
         raise ComponentError(f"cannot import plugin module {name!r} ({where}): {exc}") from exc
 
 
+@dataclass(frozen=True)
+class Source:
+    """The installed package a plugin comes from."""
+
+    package: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.package} {self.version}"
+
+
+NOT_INSTALLED = Source("(not installed)", "-")
+
+
 def installed_entry_points() -> list[Any]:
     """The ``tempering`` entry points of the installed packages, by name."""
     import importlib.metadata
@@ -75,26 +95,77 @@ def installed_entry_points() -> list[Any]:
     return sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
 
 
-def entry_point_package(ep: Any) -> str:
-    """``name version`` of the package that advertises ``ep``."""
+def entry_point_source(ep: Any) -> Source:
+    """The package that advertises entry point ``ep``."""
     dist = getattr(ep, "dist", None)
-    return f"{dist.metadata['Name']} {dist.version}" if dist is not None else "(unknown package)"
+    return Source(dist.metadata["Name"], dist.version) if dist is not None else NOT_INSTALLED
 
 
-def _load_entry_points(pm: pluggy.PluginManager) -> None:
+def module_source(module_name: str) -> Source:
+    """The installed distribution that provides ``module_name``'s top-level package."""
+    import importlib.metadata
+
+    import tempering
+
+    top = module_name.split(".")[0]
+    if top == "tempering":
+        return Source("tempering", tempering.__version__)
+    for name in importlib.metadata.packages_distributions().get(top, []):
+        try:
+            return Source(name, importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return NOT_INSTALLED
+
+
+def register_plugin(pm: pluggy.PluginManager, plugin: Any, name: str,
+                    problems: list[str] | None, who: str) -> bool:
+    """Register ``plugin`` unless it already is; with ``problems``, a plugin pluggy refuses (a
+    name taken, a hook argument the spec lacks) is reported there instead of raising."""
+    if pm.is_registered(plugin):
+        return False
+    try:
+        pm.register(plugin, name=name)
+    except (ValueError, pluggy.PluginValidationError) as exc:
+        if problems is None:
+            raise
+        problems.append(f"{who}: not registered: " + "; ".join(str(exc).splitlines()))
+        return False
+    return True
+
+
+def load_entry_points(pm: pluggy.PluginManager,
+                      problems: list[str] | None = None) -> dict[str, Source]:
     """pluggy's ``load_setuptools_entrypoints``, with a plugin that fails to import named with
-    its package instead of a traceback from inside pluggy."""
+    its package instead of a traceback from inside pluggy (with ``problems``: reported there,
+    and the others still load). Returns the package of each plugin it registered."""
+    sources: dict[str, Source] = {}
     for ep in installed_entry_points():
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
             continue
+        source = entry_point_source(ep)
+        who = f"plugin {ep.name!r} ({source})"
         try:
             plugin = ep.load()
-        except Exception as exc:
-            raise ComponentError(
-                f"plugin {ep.name!r} ({entry_point_package(ep)}) cannot be loaded from entry "
-                f"point {ep.value!r}: {type(exc).__name__}: {exc}; fix or uninstall that "
-                "package") from exc
-        pm.register(plugin, name=ep.name)
+        except Exception as exc:  # any error on import
+            error = f"{type(exc).__name__}: {exc}"
+            if problems is None:
+                raise ComponentError(f"{who} cannot be loaded from entry point {ep.value!r}: "
+                                     f"{error}; fix or uninstall that package") from exc
+            problems.append(f"{who}: cannot load entry point {ep.value!r}: {error}")
+            continue
+        if register_plugin(pm, plugin, ep.name, problems, who):
+            sources[ep.name] = source
+    return sources
+
+
+def unknown_hooks(pm: pluggy.PluginManager) -> list[tuple[str, str, str]]:
+    """``(plugin, hook, hint)`` for every implementation of a hook tempering does not have (a
+    misspelt one), the hint naming the closest real hooks."""
+    known = [n for n in vars(pm.hook) if getattr(pm.hook, n).has_spec()]
+    return [(impl.plugin_name, name, closest(name, known))
+            for name, caller in sorted(vars(pm.hook).items()) if not caller.has_spec()
+            for impl in caller.get_hookimpls()]
 
 
 def build_plugin_manager(
@@ -111,7 +182,7 @@ def build_plugin_manager(
     for name in BUILTIN_PLUGINS:
         pm.register(_import_plugin(name, "built-in"), name=name)
     if entry_points:
-        _load_entry_points(pm)
+        load_entry_points(pm)
     for plugin in extra_plugins:
         if isinstance(plugin, str):
             module = _import_plugin(plugin, "listed in the recipe's plugins")
@@ -119,12 +190,8 @@ def build_plugin_manager(
                 pm.register(module, name=plugin)
         elif not pm.is_registered(plugin):
             pm.register(plugin)
-    known = [n for n in vars(pm.hook) if getattr(pm.hook, n).has_spec()]
-    for name, caller in vars(pm.hook).items():  # a misspelt hook fails loudly, with a hint
-        if not caller.has_spec() and caller.get_hookimpls():
-            plugin = caller.get_hookimpls()[0].plugin_name
-            raise ComponentError(f"plugin {plugin!r} implements unknown hook {name!r}"
-                                 f"{closest(name, known)}")
+    for plugin, name, hint in unknown_hooks(pm)[:1]:  # a misspelt hook fails loudly, with a hint
+        raise ComponentError(f"plugin {plugin!r} implements unknown hook {name!r}{hint}")
     pm.check_pending()
     return pm
 

@@ -90,8 +90,7 @@ class CausalLMModule(pl.LightningModule):
             self._set_teacher(teacher)
         self._param_names: set[str] = set()
         self._no_decay: set[str] = set()
-        self._parity_pending = False
-        self._teacher_parity_pending = False
+        self._unchecked: list[Any] = []  # models whose logit check waits for the first step
         # The peft wrapper of LoRA adapters (``model.lora``): kept out of the module's children
         # (the adapters live inside ``self.model``), used to save and merge them.
         object.__setattr__(self, "adapters", None)
@@ -118,14 +117,20 @@ class CausalLMModule(pl.LightningModule):
 
     def _set_teacher(self, teacher: Any) -> None:
         """Frozen and in eval mode; checked like the policy; never in a checkpoint."""
-        from tempering.train.logit_check import check_logit_parity
-
         teacher.requires_grad_(False)
         self.teacher = teacher.eval()
-        if _checkable_now(teacher) and not is_partitioned(teacher):
-            check_logit_parity(teacher)
+        self._check_logits(teacher)
+
+    def _check_logits(self, model: Any) -> None:
+        """Refuse an architecture whose logits the chunked loss would not reproduce: now, or on
+        the first step for kernels that cannot run here (flash attention) and ZeRO-3
+        partitions (whose weights are gathered only inside the engine)."""
+        from tempering.train.logit_check import check_logit_parity
+
+        if _checkable_now(model) and not is_partitioned(model):
+            check_logit_parity(model)
         else:
-            self._teacher_parity_pending = True
+            self._unchecked.append(model)
 
     def train(self, mode: bool = True) -> CausalLMModule:
         super().train(mode)
@@ -192,14 +197,9 @@ class CausalLMModule(pl.LightningModule):
     def _prepare_model(self) -> None:
         """On the model as loaded, before any wrapping or sharding: refuse an architecture whose
         logits the chunked loss would not reproduce, and decide the weight-decay groups."""
-        from tempering.train.logit_check import check_logit_parity
         from tempering.train.optim import clean_name
 
-        # Kernels that cannot run here (flash attention), and ZeRO-3 partitions (whose weights
-        # are gathered only inside the engine), are checked on the first step.
-        self._parity_pending = not _checkable_now(self.model) or is_partitioned(self.model)
-        if not self._parity_pending:
-            check_logit_parity(self.model)
+        self._check_logits(self.model)
         if self.recipe.model.lora is not None:
             from tempering.recipe import resolve_bundled
             from tempering.train.adapters import add_lora
@@ -236,14 +236,12 @@ class CausalLMModule(pl.LightningModule):
                            self.loss_chunk_size, self.teacher, self.recipe.train.teacher_tail)
 
     def _loss(self, batch: Batch) -> LossOutput:
-        if self._parity_pending or self._teacher_parity_pending:
-            # every rank, on the first micro-batch (a forward of its own)
+        if self._unchecked:  # every rank, on the first micro-batch (a forward of its own)
             from tempering.train.logit_check import check_logit_parity
 
-            for model in [self.model] * self._parity_pending + [self.teacher] * (
-                    self._teacher_parity_pending and self.teacher is not None):
+            for model in self._unchecked:
                 check_logit_parity(model)
-            self._parity_pending = self._teacher_parity_pending = False
+            self._unchecked = []
         out = self.pm.hook.compute_loss(context=self.loss_context(), batch=batch)
         if out is None:
             raise RuntimeError("no compute_loss plugin returned a loss")

@@ -121,4 +121,3 @@ def choose_packed_attention(recipe: Any, policy: Any, teacher: Any, device: torc
     if teacher is not None and supports_documents(teacher, rows):
         use_documents(teacher)
     return "documents"
-

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from tempering.data.packing import plan_epoch
-from tempering.recipe import ModelConfig
 from tests.conftest import run_cli
+from tests.train.test_adapters import _saved_base
 
 RUNNER = Path(__file__).with_name("deepspeed_on_cpu.py")
 ZERO3 = "trainer.strategy={name: deepspeed, stage: 3}"
@@ -45,21 +45,13 @@ def _zero_run(recipe: dict, tmp_path: Path, name: str, *overrides: str) -> Path:
     return out
 
 
-def _saved(model: ModelConfig, folder: Path, seed: int) -> str:
-    from tempering.models import load_causal_lm, load_fast_tokenizer
-
-    load_causal_lm(model, seed=seed).save_pretrained(folder)
-    load_fast_tokenizer(ModelConfig()).save_pretrained(folder)
-    return str(folder)
-
-
 def _recipe(tiny_recipe: dict, tmp_path: Path) -> dict:
     """A pretrained base (ZeRO-3 draws a random init in its own order), 10 examples: with 2
     ranks x 1 row and 2 micro-batches a step, an epoch ends inside a window; weight decay high
     enough to show in 5 steps."""
     recipe = json.loads(json.dumps(tiny_recipe))
-    base = _saved(ModelConfig(**tiny_recipe["model"]), tmp_path / "base", seed=3)
-    recipe["model"] = {"name_or_path": base, "dtype": "float32"}
+    recipe["model"] = {"name_or_path": _saved_base(tiny_recipe, tmp_path / "base"),
+                       "dtype": "float32"}
     recipe["data"].update(packing=False, group_by_length=False)
     recipe["data"]["train"][0]["max_records"] = 10
     recipe["optim"].update(weight_decay=5.0, scheduler="constant")
@@ -107,9 +99,7 @@ def test_distillation_with_a_zero3_partitioned_teacher_matches_one_process(tiny_
     under ZeRO-2 it stays out of the checkpoint and a resumed run ends where one run does."""
     pytest.importorskip("deepspeed")
     recipe = _recipe(tiny_recipe, tmp_path)
-    teacher = _saved(ModelConfig(**{**tiny_recipe["model"],
-                                    "config_overrides": {"intermediate_size": 256}}),
-                     tmp_path / "teacher", seed=4)
+    teacher = _saved_base(tiny_recipe, tmp_path / "teacher", intermediate_size=256)
     recipe.update(objective={"name": "jsd", "beta": 0.5},
                   teacher={"name_or_path": teacher, "dtype": "float32"})
     single = run_cli(recipe, tmp_path, "single", "data.batch_size=2")
